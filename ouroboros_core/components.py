@@ -22,7 +22,6 @@ MAP_REQUIREMENTS: dict[str, frozenset[str]] = {
     "rgb": frozenset({"rgb"}),
     "ccm": frozenset({"depth", "alpha"}),
     "alpha": frozenset({"alpha"}),
-    "depth": frozenset({"depth", "alpha"}),
 }
 
 
