@@ -1,0 +1,44 @@
+"""The distribution ships every package folder, the shipped recipes, and no top-level `plugins`."""
+
+import subprocess
+import sys
+import tomllib
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _declared_packages() -> set[str]:
+    return set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+
+
+def _package_folders() -> set[str]:
+    names = set()
+    for top, import_name in (("ouroboros_core", "ouroboros_core"), ("plugins", "ouroboros_plugins"), ("recipes", "ouroboros_plugins.recipes")):
+        for init in (ROOT / top).rglob("__init__.py"):
+            rel = init.parent.relative_to(ROOT / top).parts
+            names.add(".".join((import_name, *rel)))
+    return names
+
+
+def test_every_package_folder_is_declared():
+    assert _package_folders() == _declared_packages()
+
+
+@pytest.mark.slow
+def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+    )
+    wheel = next(tmp_path.glob("ouroboros3d-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    assert not any(n.startswith("plugins/") for n in names)
+    shipped = {Path(n).name for n in names if n.startswith("ouroboros_plugins/recipes/") and n.endswith(".yaml")}
+    assert shipped == {p.name for p in (ROOT / "recipes").glob("*.yaml")}
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    text = zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert "[ouroboros3d]" in text and "ouroboros_plugins.reconstructors.lgm" in text
