@@ -8,9 +8,27 @@ cross-component checks are implemented further down in this module.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import copy
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Literal, NoReturn, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .components import (
+    MAP_REQUIREMENTS,
+    ComponentSpec,
+    FeedbackEncoderConfig,
+    GeneratorConfig,
+    ReconstructorConfig,
+)
+from .errors import PluginError, RecipeError
+from .textutil import show_value, suggest
 
 
 class _Section(BaseModel):
@@ -123,10 +141,21 @@ class TrainerConfig(_Section):
     output_dir: str = "runs"
 
 
+class CamerasConfig(_Section):
+    """The generation orbit (defaults: the official 8-view orbit, ``Cameras.official()``)."""
+
+    azimuths: list[float] = Field(default_factory=lambda: [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 337.5])
+    elevations: float | list[float] = 0.0
+    radius: float = Field(1.7416968, gt=0)
+    fov_deg: float = Field(39.59775, gt=0, lt=180)
+
+
 class OutputConfig(_Section):
     """What ``generate`` writes."""
 
     dir: str = "outputs"
+    #: empty border around the recentred input object, as a fraction of the image side
+    border_ratio: float = Field(0.2, ge=0, lt=1)
     save_views: bool = True
     grid_columns: int = 4
     ply: bool = True
@@ -149,7 +178,463 @@ class RecipeModel(_Section):
     maps: MapsConfig = Field(default_factory=MapsConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    cameras: CamerasConfig = Field(default_factory=CamerasConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
     seed: int = 42
     device: str = "auto"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    #: torch.compile the components (slow first call; see the README's speed section)
+    compile: bool = False
+    #: scaled-dot-product attention backend: "sdpa" lets PyTorch choose
+    attention_backend: Literal["sdpa", "math", "flash", "efficient", "cudnn"] = "sdpa"
+
+
+# ====================================================================== loading and validation
+# Everything below turns a YAML file (plus ``extends:`` parents and ``--set`` overrides) into a
+# validated :class:`Recipe`. Every user error is a RecipeError naming the file, the key path,
+# the bad value and a suggestion.
+
+KeyPath = tuple[Union[str, int], ...]
+RECIPE_FILE_NAME = "recipe.yaml"
+_RECIPE_SUFFIXES = (".yaml", ".yml")
+_SET = "--set"
+
+
+def _dotted(path: Sequence[str | int]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+class _Origins:
+    """Which file (or ``--set``) wrote each key of the merged recipe, for error messages."""
+
+    def __init__(self, default: str) -> None:
+        self.default = default
+        self._by_path: dict[KeyPath, str] = {}
+
+    def record(self, data: Any, origin: str, prefix: KeyPath = ()) -> None:
+        if prefix:
+            self._by_path[prefix] = origin
+        if isinstance(data, dict):
+            for key, value in data.items():
+                self.record(value, origin, prefix + (key,))
+        elif isinstance(data, list):
+            for index, value in enumerate(data):
+                self.record(value, origin, prefix + (index,))
+
+    def drop(self, prefix: KeyPath) -> None:
+        """Forget a subtree that a later file or override replaced."""
+        for path in [p for p in self._by_path if p[: len(prefix)] == prefix]:
+            del self._by_path[path]
+
+    def of(self, path: Sequence[str | int]) -> str:
+        """The origin of the deepest recorded prefix of ``path``."""
+        path = tuple(path)
+        for end in range(len(path), 0, -1):
+            if path[:end] in self._by_path:
+                return self._by_path[path[:end]]
+        return self.default
+
+
+def _error(origins: _Origins, path: Sequence[str | int], message: str, hint: str | None = None) -> NoReturn:
+    prefix = f"{_dotted(path)}: " if path else ""
+    raise RecipeError(prefix + message, hint=hint, where=origins.of(path))
+
+
+# ---------------------------------------------------------------------- reading files
+def _read_yaml(path: Path) -> dict[str, Any]:
+    where = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"cannot read the recipe: {exc.strerror or exc}", where=where, hint="check the path") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise RecipeError(f"not valid YAML{at}: {problem}", where=where, hint="fix the YAML syntax") from exc
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(
+            f"a recipe must be a mapping of sections, got {type(data).__name__}",
+            where=where,
+            hint="start the file with keys such as 'generator:' and 'reconstructor:'",
+        )
+    return data
+
+
+def _locate(name_or_path: str | Path, registry) -> Path:
+    """A recipe file from a path, or from the name of a shipped recipe."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    text = str(name_or_path)
+    if path.suffix in _RECIPE_SUFFIXES or "/" in text or os.sep in text or path.exists():
+        raise RecipeError(
+            f"recipe file {text} does not exist" if not path.exists() else f"{text} is not a file",
+            hint="give the path of a .yaml recipe, or the name of a shipped recipe (ouroboros3d recipes list)",
+        )
+    try:
+        return registry.recipe_path(text)
+    except PluginError as exc:
+        raise RecipeError(exc.message, hint=exc.hint) from exc
+
+
+def _resolve_extends(ref: Any, child: Path, registry, origins: _Origins) -> Path:
+    """``extends:`` names a file relative to the child recipe, or a shipped recipe."""
+    if not isinstance(ref, str) or not ref.strip():
+        _error(origins, ("extends",), f"expected a recipe name or relative path, got {show_value(ref)}")
+    for candidate in (child.parent / ref, child.parent / f"{ref}.yaml"):
+        candidate = Path(os.path.normpath(candidate))
+        if candidate.is_file():
+            return candidate
+    try:
+        return registry.recipe_path(ref)
+    except PluginError as exc:
+        _error(origins, ("extends",), f"{show_value(ref)} is neither a file next to {child.name} nor a shipped recipe", exc.hint)
+
+
+# ---------------------------------------------------------------------- merging and overrides
+def _replaces_component(path: KeyPath, old: dict, new: dict) -> bool:
+    """A derived recipe that names another component type replaces the section instead of
+    merging into it: the parent's config belongs to the parent's component."""
+    return len(path) == 1 and path[0] in ("generator", "reconstructor") and "type" in new and new["type"] != old.get("type")
+
+
+def deep_merge(base: dict[str, Any], override: dict[str, Any], *, _path: KeyPath = (), _origins: _Origins | None = None) -> dict[str, Any]:
+    """``override`` on top of ``base``: mappings merge key by key, lists and scalars replace.
+
+    A ``generator``/``reconstructor`` section with a different ``type`` replaces the parent's
+    section whole.
+    """
+    result = dict(base)
+    for key, value in override.items():
+        old = result.get(key)
+        path = _path + (key,)
+        if isinstance(old, dict) and isinstance(value, dict) and not _replaces_component(path, old, value):
+            result[key] = deep_merge(old, value, _path=path, _origins=_origins)
+        else:
+            if _origins is not None:
+                _origins.drop(path)
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def _load_tree(path: Path, registry, origins: _Origins, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The merged mapping of ``path`` and its ``extends`` ancestors."""
+    resolved = path.resolve()
+    if resolved in chain:
+        cycle = " -> ".join(str(p) for p in chain + (resolved,))
+        raise RecipeError(f"extends: recipes extend each other in a cycle: {cycle}", where=str(path), hint="remove one of the extends")
+    data = _read_yaml(path)
+    ref = data.pop("extends", None)
+    if ref is None:
+        origins.record(data, str(path))
+        return data
+    parent = _resolve_extends(ref, path, registry, _Origins(str(path)))
+    base = _load_tree(parent, registry, origins, chain + (resolved,))
+    base.pop("name", None)  # a recipe's name is its own, never inherited
+    merged = deep_merge(base, data, _origins=origins)
+    origins.record(data, str(path))
+    return merged
+
+
+def apply_override(data: dict[str, Any], override: str, origins: _Origins | None = None) -> None:
+    """Apply one ``key.path=value`` (value parsed as YAML) in place; list items by index."""
+    origins = origins or _Origins(_SET)
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    where = f"{_SET} {override}"
+    if not sep or not key:
+        raise RecipeError("expected key.path=value", where=where, hint="for example --set sampler.steps=10")
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"the value {raw!r} is not valid YAML", where=where, hint="quote strings that contain ':' or '#'") from exc
+    parts = key.split(".")
+    node: Any = data
+    path: KeyPath = ()
+    for i, part in enumerate(parts):
+        if isinstance(node, list):
+            if not part.lstrip("-").isdigit() or not -len(node) <= int(part) < len(node):
+                raise RecipeError(
+                    f"{_dotted(path)} is a list of {len(node)} item(s); {part!r} is not an index in it",
+                    where=where,
+                    hint=f"use an index from 0 to {len(node) - 1}" if node else "set the whole list instead",
+                )
+            index: str | int = int(part) % len(node)
+        elif isinstance(node, dict):
+            index = part
+        else:
+            raise RecipeError(
+                f"{_dotted(path)} is {show_value(node)}, not a mapping, so it has no key {part!r}",
+                where=where,
+                hint=f"set {_dotted(path)} itself",
+            )
+        path = path + (index,)
+        if i == len(parts) - 1:
+            node[index] = value
+        else:
+            if isinstance(node, dict) and node.get(index) is None:
+                node[index] = {}  # --set creates missing sections
+            node = node[index]
+    origins.drop(path)
+    origins.record(value, f"{_SET} {override}", path)
+
+
+# ---------------------------------------------------------------------- pydantic errors
+def _unwrap(annotation: Any) -> list[Any]:
+    """The alternatives of an Optional/Union annotation."""
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return [a for a in typing.get_args(annotation) if a is not type(None)]
+    return [annotation]
+
+
+def _annotation_at(model: type[BaseModel], loc: Sequence[str | int]) -> Any:
+    """The type annotation of the field at ``loc`` inside ``model`` (``None`` if unknown)."""
+    current: Any = model
+    for part in loc:
+        nxt = None
+        for option in _unwrap(current):
+            origin = typing.get_origin(option)
+            if isinstance(option, type) and issubclass(option, BaseModel) and isinstance(part, str):
+                if part in option.model_fields:
+                    nxt = option.model_fields[part].annotation
+            elif origin in (list, tuple) and isinstance(part, int):
+                args = typing.get_args(option)
+                nxt = args[0] if args else None
+            elif origin is dict and isinstance(part, str):
+                args = typing.get_args(option)
+                nxt = args[1] if len(args) == 2 else None
+            if nxt is not None:
+                break
+        if nxt is None:
+            return None
+        current = nxt
+    return current
+
+
+def _field_names(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    annotation = model if not loc else _annotation_at(model, loc)
+    for option in _unwrap(annotation) if annotation is not None else []:
+        if isinstance(option, type) and issubclass(option, BaseModel):
+            return list(option.model_fields)
+    return []
+
+
+def _literal_choices(annotation: Any) -> list[str]:
+    for option in _unwrap(annotation) if annotation is not None else []:
+        if typing.get_origin(option) is typing.Literal:
+            return [str(a) for a in typing.get_args(option)]
+    return []
+
+
+def _describe(err: dict[str, Any], model: type[BaseModel], prefix: KeyPath) -> tuple[tuple, str, str]:
+    """(location inside ``model``, message, hint) of one pydantic error, in the recipe's words."""
+    loc = tuple(err["loc"])
+    kind = err["type"]
+    value = err.get("input")
+    if kind == "extra_forbidden":
+        names = _field_names(model, loc[:-1])
+        return loc, f"unknown key (value {show_value(value)})", suggest(str(loc[-1]), names, "key") if names else "remove it"
+    if kind == "missing":
+        return loc, "required key is missing", f"add '{loc[-1]}' to the recipe"
+    if kind == "literal_error":
+        choices = _literal_choices(_annotation_at(model, loc))
+        return loc, f"{show_value(value)} is not allowed", suggest(str(value), choices, "value")
+    return loc, f"{err['msg']} (got {show_value(value)})", f"change the value of {_dotted(prefix + loc) or 'the recipe'}"
+
+
+def _raise_validation(exc: ValidationError, model: type[BaseModel], prefix: KeyPath, origins: _Origins) -> NoReturn:
+    described = [_describe(err, model, prefix) for err in exc.errors(include_url=False)]
+    loc, message, hint = described[0]
+    path = prefix + loc
+    for other_loc, other_message, _ in described[1:]:
+        message += f"; also {_dotted(prefix + other_loc)}: {other_message}"
+    _error(origins, path, message, hint)
+
+
+# ---------------------------------------------------------------------- the validated recipe
+@dataclass
+class Recipe:
+    """A validated recipe: its sections, the component specs and their validated configs.
+
+    ``model.generator.config`` is what the recipe wrote; ``generator_config`` is the
+    component's validated config with the preset applied (what the factory receives).
+    """
+
+    model: RecipeModel
+    source: Path | None
+    generator_spec: ComponentSpec
+    reconstructor_spec: ComponentSpec
+    feedback_specs: list[ComponentSpec]
+    generator_config: GeneratorConfig
+    reconstructor_config: ReconstructorConfig
+    feedback_configs: list[FeedbackEncoderConfig]
+
+    @property
+    def name(self) -> str | None:
+        return self.model.name
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fully resolved recipe: no ``extends``, overrides applied, full component configs."""
+        data = self.model.model_dump(mode="json")
+        data["generator"]["config"] = self.generator_config.model_dump(mode="json")
+        data["reconstructor"]["config"] = self.reconstructor_config.model_dump(mode="json")
+        for entry, config in zip(data["feedback"], self.feedback_configs):
+            entry["config"] = config.model_dump(mode="json")
+        return data
+
+    def dump(self) -> str:
+        """The resolved recipe as YAML; loading it again gives the same recipe."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``<directory>/recipe.yaml`` (to a temporary name first, then renamed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / RECIPE_FILE_NAME
+        fd, tmp = tempfile.mkstemp(prefix=".recipe-", suffix=".yaml.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as fh:
+                fh.write(self.dump())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return target
+
+
+def _registry_or_default(registry):
+    if registry is not None:
+        return registry
+    from .registry import get_registry
+
+    return get_registry()
+
+
+def list_recipes(registry=None) -> dict[str, Path]:
+    """Recipes shipped by the installed plugins, name -> file."""
+    return _registry_or_default(registry).recipes()
+
+
+def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = (), registry=None) -> Recipe:
+    """Load, merge (``extends``), override (``key.path=value``) and validate a recipe.
+
+    ``name_or_path`` is a ``.yaml`` file or the name of a shipped recipe.
+    """
+    registry = _registry_or_default(registry)
+    path = _locate(name_or_path, registry)
+    origins = _Origins(str(path))
+    data = _load_tree(path, registry, origins)
+    data.setdefault("name", path.stem)
+    for override in overrides:
+        apply_override(data, override, origins)
+    try:
+        model = RecipeModel.model_validate(data)
+    except ValidationError as exc:
+        _raise_validation(exc, RecipeModel, (), origins)
+    return _validate_components(model, path, registry, origins)
+
+
+def _component(kind: str, entry: ComponentEntry, path: KeyPath, device: str, registry, origins: _Origins):
+    """The spec and validated config of one component entry."""
+    try:
+        spec = registry.get(kind, entry.type)
+    except PluginError as exc:
+        _error(origins, path + ("type",), exc.message, exc.hint)
+    if spec.slot:
+        _error(
+            origins,
+            path + ("type",),
+            f"{show_value(entry.type)} is a declared slot, not an implemented {kind}: {spec.slot_message}",
+            f"choose another {kind}: " + ", ".join(n for n in registry.names(kind) if not registry.get(kind, n).slot),
+        )
+    if entry.preset is not None and entry.preset not in spec.presets:
+        _error(
+            origins,
+            path + ("preset",),
+            f"{show_value(entry.preset)} is not a preset of {kind} '{spec.name}'",
+            suggest(entry.preset, spec.presets, "preset"),
+        )
+    device_type = device.split(":")[0]
+    if device != "auto" and device_type not in spec.devices:
+        _error(
+            origins,
+            ("device",),
+            f"{show_value(device)}: {kind} '{spec.name}' runs on {', '.join(spec.devices)} only",
+            f"set device to one of {', '.join(spec.devices)} or auto",
+        )
+    try:
+        config = spec.make_config(entry.config, entry.preset)
+    except ValidationError as exc:
+        _raise_validation(exc, spec.config, path + ("config",), origins)
+    return spec, config
+
+
+def _slots(slots) -> list[tuple[int, int]]:
+    return [(s.channels, s.stride) for s in slots]
+
+
+def _validate_components(model: RecipeModel, source: Path | None, registry, origins: _Origins) -> Recipe:
+    gen_spec, gen_cfg = _component("generator", model.generator, ("generator",), model.device, registry, origins)
+    rec_spec, rec_cfg = _component("reconstructor", model.reconstructor, ("reconstructor",), model.device, registry, origins)
+    fb = [
+        _component("feedback", entry, ("feedback", i), model.device, registry, origins) for i, entry in enumerate(model.feedback)
+    ]
+
+    # (a) the reconstructor reads views the generator makes
+    n = gen_cfg.num_views
+    bad = [v for v in rec_cfg.input_views or [] if not 0 <= v < n]
+    if bad:
+        _error(
+            origins,
+            ("reconstructor", "config", "input_views"),
+            f"{show_value(rec_cfg.input_views)} has view index {bad[0]}, but generator '{gen_spec.name}' makes {n} views",
+            f"use indices 0..{n - 1}, or change generator.config.num_views",
+        )
+
+    gen_slots = gen_cfg.feedback_slots()
+    if model.feedback and not gen_slots and model.sampler.mode == "joint":
+        _error(
+            origins,
+            ("feedback",),
+            f"generator '{gen_spec.name}' has no feedback slots, but sampler.mode is 'joint' with {len(model.feedback)} feedback encoder(s)",
+            "use a generator with feedback slots, remove the feedback section, or set sampler.mode to 'none' or 'resample'",
+        )
+    for i, (spec, cfg) in enumerate(fb):
+        # (b) the reconstructor renders what the encoder's maps are computed from
+        needs = MAP_REQUIREMENTS.get(cfg.map_kind)
+        if needs is None:
+            _error(origins, ("feedback", i, "config", "map_kind"), f"unknown map kind {show_value(cfg.map_kind)}", suggest(cfg.map_kind, MAP_REQUIREMENTS, "map kind"))
+        missing = needs - type(rec_cfg).renders
+        if missing:
+            _error(
+                origins,
+                ("feedback", i, "config", "map_kind"),
+                f"{show_value(cfg.map_kind)} maps need the render outputs {', '.join(sorted(needs))}, but reconstructor "
+                f"'{rec_spec.name}' renders only {', '.join(sorted(type(rec_cfg).renders))}",
+                "remove this feedback encoder or choose a reconstructor that renders "
+                + ", ".join(sorted(missing)),
+            )
+        # (c) the encoder's features fit the generator's slots
+        if gen_slots and _slots(cfg.output_slots()) != _slots(gen_slots):
+            _error(
+                origins,
+                ("feedback", i, "config"),
+                f"encoder '{spec.name}' emits (channels, stride) {_slots(cfg.output_slots())}, but generator "
+                f"'{gen_spec.name}' has feedback slots {_slots(gen_slots)}",
+                "configure the encoder's channels and strides to match the generator's feedback slots",
+            )
+    return Recipe(
+        model=model,
+        source=source,
+        generator_spec=gen_spec,
+        reconstructor_spec=rec_spec,
+        feedback_specs=[s for s, _ in fb],
+        generator_config=gen_cfg,
+        reconstructor_config=rec_cfg,
+        feedback_configs=[c for _, c in fb],
+    )

@@ -1,0 +1,221 @@
+"""The ``ouroboros3d`` command.
+
+Each top-level command is a ``(name, help, add_arguments)`` entry of :data:`COMMANDS`;
+``add_arguments(parser)`` adds the command's options and sets ``func`` (a function taking the
+parsed arguments and returning the exit code) with ``parser.set_defaults``. Commands that need
+torch import it inside their ``func``, so ``--help`` and ``plugins list`` stay fast.
+
+Exit codes: 0 success, 1 a check found problems, 2 a user error (printed as one line
+``error: ...``; the traceback only with ``--debug``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import traceback
+from typing import Callable, Sequence
+
+from . import __version__
+from .errors import UserError
+
+AddArguments = Callable[[argparse.ArgumentParser], None]
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """Left-aligned columns, as plain text (the last column is not padded)."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header) - 1)]
+    lines = []
+    for row in [header, *rows]:
+        cells = [str(c).ljust(w) for c, w in zip(row, widths)] + [str(row[-1])]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------- plugins
+def _plugins_list(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    registry = get_registry()
+    if args.json:
+        print(json.dumps(registry.as_dict(), indent=2))
+        return 0
+    rows = [
+        (
+            c.spec.kind,
+            c.spec.name + (" [slot]" if c.spec.slot else ""),
+            c.provider,
+            ",".join(c.spec.devices),
+            c.spec.description,
+        )
+        for c in registry.components()
+    ]
+    if rows:
+        print(_table(("KIND", "NAME", "DISTRIBUTION", "DEVICES", "DESCRIPTION"), rows))
+    else:
+        print("no components installed")
+    for failure in registry.failures:
+        print(failure.format())
+    for conflict in registry.conflicts:
+        print(f"{conflict.format()} (fix: {conflict.hint})")
+    if registry.disabled:
+        print("disabled: " + ", ".join(registry.disabled))
+    return 0
+
+
+def _plugins_check(args: argparse.Namespace) -> int:
+    from .registry import get_registry
+
+    report = get_registry().check()
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _add_plugins(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="plugins_command", required=True, metavar="{list,check}")
+    p = sub.add_parser("list", help="every installed component with its distribution and version", parents=[_common()])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=_plugins_list)
+    p = sub.add_parser("check", help="import every component and report failures", parents=[_common()])
+    p.set_defaults(func=_plugins_check)
+
+
+# ---------------------------------------------------------------------- recipes
+def _recipes_list(args: argparse.Namespace) -> int:
+    from .recipe import list_recipes
+
+    recipes = list_recipes()
+    if not recipes:
+        print("no recipes installed")
+    for name, path in recipes.items():
+        print(f"{name}\t{path}")
+    return 0
+
+
+def _recipes_show(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    print(load_recipe(args.recipe, args.overrides).dump(), end="")
+    return 0
+
+
+def _recipes_validate(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, args.overrides)
+    names = [recipe.generator_spec.name, recipe.reconstructor_spec.name] + [s.name for s in recipe.feedback_specs]
+    print(f"{args.recipe}: valid ({' + '.join(names)})")
+    return 0
+
+
+def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
+    """``--set key.path=value`` (repeatable), shared by every command that loads a recipe."""
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe value, e.g. --set sampler.steps=10 (value parsed as YAML; repeatable)",
+    )
+
+
+def _add_recipes(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="recipes_command", required=True, metavar="{list,show,validate}")
+    p = sub.add_parser("list", help="recipes shipped with the installed plugins", parents=[_common()])
+    p.set_defaults(func=_recipes_list)
+    p = sub.add_parser("show", help="print a recipe fully resolved (extends and overrides applied)", parents=[_common()])
+    p.add_argument("recipe", help="shipped recipe name or .yaml file")
+    add_overrides_argument(p)
+    p.set_defaults(func=_recipes_show)
+    p = sub.add_parser("validate", help="check a recipe against the installed plugins", parents=[_common()])
+    p.add_argument("recipe", help=".yaml file or shipped recipe name")
+    add_overrides_argument(p)
+    p.set_defaults(func=_recipes_validate)
+
+
+# ---------------------------------------------------------------------- weights
+def _component_spec(name: str, kind: str | None):
+    """The spec for ``--component NAME`` (``--kind`` only needed when the name is ambiguous)."""
+    from .registry import get_registry
+
+    return get_registry().get(kind, name)
+
+
+def _weights_inspect(args: argparse.Namespace) -> int:
+    weights = importlib.import_module("ouroboros_core.weights")
+    report = weights.inspect_file(args.file, _component_spec(args.component, args.kind), args.preset)
+    print(report.format())
+    return 0 if report.ok else 1
+
+
+def _weights_convert(args: argparse.Namespace) -> int:
+    weights = importlib.import_module("ouroboros_core.weights")
+    out = weights.convert_file(args.file, args.output, _component_spec(args.component, args.kind), args.preset)
+    print(f"wrote {out}")
+    return 0
+
+
+def _add_weights(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="weights_command", required=True, metavar="{inspect,convert}")
+
+    def component_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("file", help="checkpoint file (.safetensors, .pth, .ckpt)")
+        p.add_argument("--component", required=True, metavar="NAME", help="component the weights belong to (see plugins list)")
+        p.add_argument("--kind", choices=("generator", "reconstructor", "feedback"), help="needed when NAME is used by several kinds")
+        p.add_argument("--preset", help="the component preset the weights were trained with")
+
+    p = sub.add_parser("inspect", help="compare a checkpoint's keys and shapes with a component", parents=[_common()])
+    component_options(p)
+    p.set_defaults(func=_weights_inspect)
+    p = sub.add_parser("convert", help="convert a checkpoint to the component's safetensors layout", parents=[_common()])
+    component_options(p)
+    p.add_argument("-o", "--output", required=True, help="output .safetensors file")
+    p.set_defaults(func=_weights_convert)
+
+
+# ---------------------------------------------------------------------- the parser
+#: top-level commands: (name, help, add_arguments). Other modules' commands are added here.
+COMMANDS: list[tuple[str, str, AddArguments]] = [
+    ("plugins", "list and check installed plugins", _add_plugins),
+    ("recipes", "list, show and validate recipes", _add_recipes),
+    ("weights", "inspect and convert checkpoints", _add_weights),
+]
+
+
+def _common() -> argparse.ArgumentParser:
+    """Options every (sub)command accepts, so ``--debug`` works before or after the command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks of errors")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ouroboros3d",
+        description="Image-to-3D with a multi-view generator and a 3D reconstructor in one recursive denoising loop.",
+    )
+    parser.add_argument("--version", action="version", version=f"ouroboros3d {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of errors")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, help_text, add_arguments in COMMANDS:
+        add_arguments(sub.add_parser(name, help=help_text, description=help_text, parents=[_common()]))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code (the console script exits with it)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UserError as exc:
+        if args.debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
