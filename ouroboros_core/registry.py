@@ -281,11 +281,20 @@ class Registry:
             self._add_unique(self._recipes, ("recipe", path.stem), recipe)
 
     def _add_unique(self, table: dict, key: tuple[str, str], entry: RegisteredComponent | RegisteredRecipe) -> None:
-        """Add an entry; a second one under the same key turns the name into a conflict."""
+        """Add an entry; a second one under the same key turns the name into a conflict,
+        except that a real component replaces a declared slot of the same kind and name."""
 
         def provider(e: RegisteredComponent | RegisteredRecipe) -> str:
             return f"{e.distribution} {e.version}".strip() + f" (plugin '{e.plugin}')"
 
+        def is_slot(e: RegisteredComponent | RegisteredRecipe) -> bool:
+            return isinstance(e, RegisteredComponent) and e.spec.slot
+
+        if key in table and is_slot(table[key]) != is_slot(entry):
+            # a real implementation fills a declared slot, whatever the loading order
+            if is_slot(table[key]):
+                table[key] = entry
+            return
         if key in self._conflicts:
             self._conflicts[key].append(provider(entry))
         elif key in table:

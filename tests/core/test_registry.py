@@ -203,3 +203,16 @@ def test_get_registry_is_cached_and_replaceable(toy_registry, monkeypatch):
     assert registry_module.get_registry() is toy_registry
     registry_module.set_registry(None)
     assert registry_module.get_registry() is not toy_registry
+
+
+def test_real_component_fills_a_slot_in_either_order(toy_registry, toy_plugin_cls):
+    slot = toy_registry.get("reconstructor", "toy-mesh")
+    assert slot.slot
+    real = ComponentSpec("reconstructor", "toy-mesh", ReconstructorConfig, "some_module:build")
+    toy_registry.add_plugin(toy_plugin_cls([real]), name="meshes", distribution="ouroboros3d-meshes", version="2.0")
+    assert toy_registry.get("reconstructor", "toy-mesh") is real
+    assert toy_registry.entry("reconstructor", "toy-mesh").distribution == "ouroboros3d-meshes"
+    # a slot arriving after the implementation does not displace it
+    toy_registry.add_plugin(toy_plugin_cls([slot]), name="late-slot", distribution="late", version="1.0")
+    assert toy_registry.get("reconstructor", "toy-mesh") is real
+    assert not toy_registry.conflicts

@@ -1,0 +1,428 @@
+"""Weights: find, read, check and convert checkpoint files, for any component.
+
+Nothing here knows a particular model. A component takes part in key conversion by
+implementing the small :class:`SupportsWeightConversion` protocol on its module:
+
+- ``convert_state_dict(state_dict) -> state_dict``: rename/drop keys of a foreign checkpoint
+  so they match ``module.state_dict()`` (identity when absent). It may raise
+  :class:`~ouroboros_core.errors.WeightsError` for a file it recognises as incompatible.
+- ``allowed_missing(state_dict) -> set[str]``: module keys that may be absent from *this*
+  (converted) state dict and keep their initial values, e.g. zero-initialised layers added on
+  top of a published architecture (empty when absent).
+
+Both are called on a module built on the meta device (:func:`inspect_file`), so they must
+look only at key names and shapes, never at tensor values.
+
+Sources accepted by :func:`resolve_weights` (what a recipe's ``weights:`` holds):
+
+- a local file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``, ``.ckpt``);
+- a local folder, with the component's default file name inside it (or a single weights file);
+- a Hugging Face hub id ``owner/name`` (with the component's default file name) or
+  ``owner/name:path/in/repo.safetensors``, downloaded through ``huggingface_hub`` into its
+  usual cache. Offline, or when the download fails, a :class:`WeightsError` says exactly what
+  to download and where to put it.
+
+Safetensors is the only format written (:func:`convert_file`); ``.pth``/``.pt``/``.bin`` are
+read with ``torch.load(weights_only=True)``, which refuses arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+from .components import ComponentSpec
+from .errors import WeightsError
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
+_TORCH_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
+# owner/name, optionally followed by :filename (hub ids never contain a second slash before ':')
+_HUB_ID = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[\w.-]+)(?::(?P<filename>.+))?$")
+# keys under which training frameworks nest a plain state dict
+_WRAPPER_KEYS = ("state_dict", "model", "module")
+_LIST_LIMIT = 5
+
+StateDict = dict[str, torch.Tensor]
+AllowMissing = Iterable[str] | Callable[[str], bool]
+
+
+@runtime_checkable
+class SupportsWeightConversion(Protocol):
+    """Optional methods of a component module that take part in weight loading (see module doc)."""
+
+    def convert_state_dict(self, state_dict: StateDict) -> StateDict: ...
+
+    def allowed_missing(self, state_dict: Mapping[str, torch.Tensor]) -> set[str]: ...
+
+
+def convert_for(module: nn.Module, state_dict: StateDict) -> StateDict:
+    """The module's own key conversion, or the state dict unchanged."""
+    convert = getattr(module, "convert_state_dict", None)
+    return convert(state_dict) if callable(convert) else state_dict
+
+
+def allowed_missing_for(module: nn.Module, state_dict: Mapping[str, torch.Tensor]) -> set[str]:
+    """The module keys that may stay at their initial values for this state dict."""
+    allowed = getattr(module, "allowed_missing", None)
+    return set(allowed(state_dict)) if callable(allowed) else set()
+
+
+# ----------------------------------------------------------------------------- finding files
+def resolve_weights(source: str | os.PathLike, default_filename: str | None = None) -> Path:
+    """Turn a recipe's ``weights:`` value into a local file path (see module doc).
+
+    Raises:
+        WeightsError: the file does not exist, the folder holds no usable file, or the hub
+            download failed (offline, unknown repository or file); the message names the file
+            to fetch and where to put it.
+    """
+    text = str(source).strip()
+    if not text:
+        raise WeightsError("empty weights source", hint="give a file, a folder or a hub id like owner/name:file.safetensors")
+    path = Path(text).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        return _file_in_folder(path, default_filename)
+    match = _HUB_ID.match(text)
+    looks_local = text.startswith((".", "/", "~")) or (match is None) or (
+        match.group("filename") is None and text.endswith(WEIGHT_SUFFIXES)
+    )
+    if looks_local:
+        raise WeightsError(f"weights file or folder not found: {path}", hint="check the path, or give a hub id like owner/name:file.safetensors")
+    repo, filename = match.group("repo"), match.group("filename") or default_filename
+    if not filename:
+        raise WeightsError(
+            f"hub id {repo!r} names no file and this component has no default file name",
+            hint=f"write it as {repo}:FILENAME",
+        )
+    return _download(repo, filename)
+
+
+def _file_in_folder(folder: Path, default_filename: str | None) -> Path:
+    if default_filename and (folder / default_filename).is_file():
+        return folder / default_filename
+    candidates = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    if len(candidates) == 1 and default_filename is None:
+        return candidates[0]
+    wanted = f"{default_filename!r}" if default_filename else "a single weights file"
+    found = ", ".join(p.name for p in candidates) or "no weights files"
+    raise WeightsError(
+        f"folder {folder} does not contain {wanted} (found: {found})",
+        hint=f"name the file explicitly, e.g. {folder / (candidates[0].name if candidates else 'model.safetensors')}",
+    )
+
+
+def _download(repo: str, filename: str) -> Path:
+    from huggingface_hub import errors as hf_errors
+    from huggingface_hub import hf_hub_download
+
+    url = f"https://huggingface.co/{repo}/resolve/main/{filename}"
+    how = (
+        f"download {url} (or run `hf download {repo} {filename}` on a machine with internet and copy "
+        f"the Hugging Face cache), then set weights: to the local file path"
+    )
+    failures = (
+        hf_errors.HfHubHTTPError,
+        hf_errors.LocalEntryNotFoundError,
+        hf_errors.EntryNotFoundError,
+        hf_errors.OfflineModeIsEnabled,
+        hf_errors.HFValidationError,
+        OSError,
+    )
+    try:
+        return Path(hf_hub_download(repo_id=repo, filename=filename))
+    except failures as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise WeightsError(
+            f"could not get {filename!r} from hub repository {repo!r} (no local file or folder of that name exists either): {reason}",
+            hint=how,
+        ) from err
+
+
+# ----------------------------------------------------------------------------- reading files
+def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu", meta: bool = False) -> StateDict:
+    """Read a checkpoint into ``{name: tensor}``.
+
+    ``.safetensors`` is read with safetensors; ``.pth``/``.pt``/``.bin``/``.ckpt`` with
+    ``torch.load(weights_only=True, mmap=True)`` (a checkpoint nesting its tensors under
+    ``state_dict``/``model``/``module`` is unwrapped). With ``meta=True`` the tensors are
+    meta tensors (names, shapes and dtypes only): safetensors reads only the header, and a
+    torch file is memory-mapped without touching its data.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return _read_safetensors(path, device, meta)
+    if path.suffix in _TORCH_SUFFIXES:
+        return _read_torch(path, device, meta)
+    raise WeightsError(
+        f"unsupported weights format {path.suffix!r}: {path}",
+        hint=f"use one of {', '.join(WEIGHT_SUFFIXES)}",
+    )
+
+
+def _read_safetensors(path: Path, device: str | torch.device, meta: bool) -> StateDict:
+    from safetensors import SafetensorError, safe_open
+    from safetensors.torch import load_file
+
+    try:
+        if not meta:
+            return load_file(str(path), device=str(device))
+        out: StateDict = {}
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                piece = f.get_slice(key)
+                dtype = _SAFETENSORS_DTYPES.get(piece.get_dtype())
+                if dtype is None:
+                    raise WeightsError(f"{path}: tensor {key!r} has unsupported dtype {piece.get_dtype()}")
+                out[key] = torch.empty(piece.get_shape(), dtype=dtype, device="meta")
+        return out
+    except SafetensorError as err:
+        raise WeightsError(f"cannot read {path} as safetensors: {err}", hint="the file may be truncated; download it again") from err
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _read_torch(path: Path, device: str | torch.device, meta: bool) -> StateDict:
+    location = "meta" if meta else device
+    try:
+        try:
+            obj = torch.load(path, map_location=location, weights_only=True, mmap=True)
+        except RuntimeError as err:
+            if "mmap" not in str(err):
+                raise
+            obj = torch.load(path, map_location=location, weights_only=True)  # legacy (non-zip) format
+    except pickle.UnpicklingError as err:
+        raise WeightsError(
+            f"{path} holds objects other than tensors and is not loaded (weights_only=True)",
+            hint="convert it on a trusted machine to .safetensors",
+        ) from err
+    except (RuntimeError, EOFError, OSError) as err:
+        raise WeightsError(f"cannot read {path}: {err}", hint="the file may be truncated; download it again") from err
+    return _as_state_dict(obj, path)
+
+
+def _as_state_dict(obj: object, path: Path) -> StateDict:
+    if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        nested = [k for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)]
+        if len(nested) == 1:
+            obj = obj[nested[0]]
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsError(f"{path} is not a state dict (a mapping of names to tensors)")
+    return dict(obj)
+
+
+# ----------------------------------------------------------------------------- comparing
+@dataclass
+class KeyDiff:
+    """How a state dict differs from what a module expects."""
+
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    #: (key, shape in the file, shape in the module)
+    mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]] = field(default_factory=list)
+    #: module keys absent from the file but allowed to keep their initial values
+    allowed_missing: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.mismatched)
+
+    def problems(self) -> list[str]:
+        """One line per kind of problem, listing the first few keys and the count."""
+        lines = []
+        if self.missing:
+            lines.append(f"missing {len(self.missing)} key(s): {_few(self.missing)}")
+        if self.unexpected:
+            lines.append(f"unexpected {len(self.unexpected)} key(s): {_few(self.unexpected)}")
+        if self.mismatched:
+            shown = [f"{k} (file {list(a)} vs model {list(b)})" for k, a, b in self.mismatched[:_LIST_LIMIT]]
+            more = f", ... and {len(self.mismatched) - _LIST_LIMIT} more" if len(self.mismatched) > _LIST_LIMIT else ""
+            lines.append(f"{len(self.mismatched)} shape mismatch(es): {', '.join(shown)}{more}")
+        return lines
+
+
+def _few(keys: list[str]) -> str:
+    shown = ", ".join(keys[:_LIST_LIMIT])
+    return shown + (f", ... and {len(keys) - _LIST_LIMIT} more" if len(keys) > _LIST_LIMIT else "")
+
+
+def _allow_predicate(allow: AllowMissing) -> Callable[[str], bool]:
+    if callable(allow):
+        return allow
+    prefixes = tuple(allow)
+    return lambda key: key.startswith(prefixes)
+
+
+def compare_state_dicts(
+    expected: Mapping[str, torch.Tensor],
+    got: Mapping[str, torch.Tensor],
+    allow_missing: AllowMissing = (),
+) -> KeyDiff:
+    """Compare names and shapes of ``got`` (a file) against ``expected`` (a module)."""
+    allowed = _allow_predicate(allow_missing)
+    diff = KeyDiff()
+    for key, tensor in expected.items():
+        if key not in got:
+            (diff.allowed_missing if allowed(key) else diff.missing).append(key)
+        elif tuple(got[key].shape) != tuple(tensor.shape):
+            diff.mismatched.append((key, tuple(got[key].shape), tuple(tensor.shape)))
+    diff.unexpected = [k for k in got if k not in expected]
+    return diff
+
+
+def load_strict(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    allow_missing: AllowMissing = (),
+    *,
+    source: str | os.PathLike | None = None,
+    assign: bool = False,
+) -> KeyDiff:
+    """Load ``state_dict`` into ``module``, refusing any missing, unexpected or mis-shaped key.
+
+    ``allow_missing`` is a set of key prefixes (an exact key is its own prefix) or a predicate
+    on module keys: those keys may be absent and keep their current values. Returns the
+    difference (its ``allowed_missing`` says what kept its initial value).
+
+    Raises:
+        WeightsError: listing the first few offending keys of each kind and their counts.
+    """
+    diff = compare_state_dicts(module.state_dict(), state_dict, allow_missing)
+    if not diff.ok:
+        where = f"weights {source}" if source is not None else "weights"
+        raise WeightsError(
+            f"{where} do not match {type(module).__name__}: " + "; ".join(diff.problems()),
+            hint="check that the component's config/preset matches the checkpoint (`ouroboros3d weights inspect`)",
+        )
+    module.load_state_dict(dict(state_dict), strict=False, assign=assign)
+    return diff
+
+
+# ----------------------------------------------------------------------------- reports
+@dataclass
+class WeightsReport:
+    """What ``ouroboros3d weights inspect`` prints: does a file load strictly into a component?"""
+
+    path: Path
+    component: str
+    preset: str | None
+    file_tensors: int
+    file_parameters: int
+    file_dtypes: list[str]
+    model_tensors: int
+    model_parameters: int
+    diff: KeyDiff
+    #: problems that stopped the comparison (e.g. the component refused the file)
+    errors: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and self.diff.ok
+
+    def format(self) -> str:
+        preset = f" (preset {self.preset})" if self.preset else ""
+        lines = [
+            f"file:      {self.path} — {self.file_tensors} tensors, {self.file_parameters:,} values, dtype {'/'.join(self.file_dtypes) or '-'}",
+            f"component: {self.component}{preset} — {self.model_tensors} tensors, {self.model_parameters:,} values",
+        ]
+        lines += [f"error:     {e}" for e in self.errors]
+        lines += [f"problem:   {p}" for p in self.diff.problems()]
+        if self.diff.allowed_missing:
+            lines.append(
+                f"note:      {len(self.diff.allowed_missing)} module tensor(s) absent from the file keep their "
+                f"initial values: {_few(self.diff.allowed_missing)}"
+            )
+        lines.append("result:    OK, loads strictly" if self.ok else "result:    does NOT load")
+        return "\n".join(lines)
+
+
+def _build_on_meta(spec: ComponentSpec, preset: str | None) -> nn.Module:
+    if preset is not None and preset not in spec.presets:
+        known = ", ".join(spec.presets) or "none"
+        raise WeightsError(f"component {spec.name!r} has no preset {preset!r}", hint=f"use one of: {known}")
+    with torch.device("meta"):
+        return spec.build(preset=preset)
+
+
+def inspect_file(path: str | os.PathLike, spec: ComponentSpec, preset: str | None = None) -> WeightsReport:
+    """Check, without allocating the model (meta device), whether ``path`` loads strictly.
+
+    The component is built from ``spec`` (and ``preset``) on the meta device; the file's
+    names and shapes are read without its data, passed through the component's own key
+    conversion, and compared.
+    """
+    path = Path(path)
+    module = _build_on_meta(spec, preset)
+    file_sd = read_state_dict(path, meta=True)
+    expected = module.state_dict()
+    report = WeightsReport(
+        path=path,
+        component=f"{spec.kind} {spec.name!r}",
+        preset=preset,
+        file_tensors=len(file_sd),
+        file_parameters=sum(t.numel() for t in file_sd.values()),
+        file_dtypes=sorted({str(t.dtype).removeprefix("torch.") for t in file_sd.values()}),
+        model_tensors=len(expected),
+        model_parameters=sum(t.numel() for t in expected.values()),
+        diff=KeyDiff(),
+    )
+    try:
+        converted = convert_for(module, file_sd)
+    except WeightsError as err:
+        report.errors.append(str(err))
+        return report
+    report.diff = compare_state_dicts(expected, converted, allowed_missing_for(module, converted))
+    return report
+
+
+def convert_file(
+    path: str | os.PathLike,
+    out: str | os.PathLike,
+    spec: ComponentSpec,
+    preset: str | None = None,
+) -> Path:
+    """Write ``path`` as ``.safetensors`` with the component's key names, after a strict check.
+
+    Tensors keep their dtype. The file is written under a temporary name and renamed, so an
+    interrupted conversion never leaves a file that looks complete.
+    """
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise WeightsError(f"output {out} must end in .safetensors")
+    report = inspect_file(path, spec, preset)
+    if not report.ok:
+        raise WeightsError(f"{path} does not match component {spec.name!r}:\n{report.format()}")
+    module = _build_on_meta(spec, preset)
+    tensors = convert_for(module, read_state_dict(path))
+    # safetensors refuses tensors sharing memory; a private contiguous copy of each is always safe
+    tensors = {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+    metadata = {"format": "pt", "component": spec.name, "preset": preset or "", "converted_from": Path(path).name}
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata=metadata)
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
