@@ -26,7 +26,8 @@ from ouroboros_plugins.generators.svd import SPEC, SVDGeneratorConfig
 from ouroboros_plugins.generators.svd.camera import harmonic_encoding, plucker_field
 from ouroboros_plugins.generators.svd.weights import official_state_dict
 
-MANIFEST = Path("/work/shared/reference/checkpoints/ouroboros3d-mv_model_unet.json")
+# a copy of the reference manifest (state-dict layout of the published mv_model_unet.pth)
+MANIFEST = Path(__file__).parent / "data" / "ouroboros3d-mv_model_unet.json"
 torch.set_num_threads(2)
 S, L = 32, 4  # image and latent size of the tiny presets
 
