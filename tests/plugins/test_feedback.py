@@ -13,7 +13,7 @@ from ouroboros_core.errors import InputError, WeightsError
 from ouroboros_core.weights import inspect_file
 from ouroboros_plugins.feedback import SPEC
 
-MANIFEST = Path("/work/shared/reference/checkpoints/ouroboros3d-mv_model_unet.json")
+MANIFEST = Path(__file__).parent / "data" / "ouroboros3d-mv_model_unet.json"
 torch.set_num_threads(2)
 
 

@@ -1,6 +1,6 @@
 """The SVD multi-view generator plugin (tiny configs on the CPU unless stated).
 
-Reference facts: /work/shared/reference/official-ouroboros3d.md §1.4 (conditioning), §2
+Reference facts: the official-code reference (official-ouroboros3d.md) §1.4 (conditioning), §2
 (Plücker rays, injection sites), §7 (checkpoint layout) and the manifest
 reference/checkpoints/ouroboros3d-mv_model_unet.json.
 """
