@@ -16,6 +16,7 @@ import importlib
 import json
 import sys
 import traceback
+from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
@@ -178,7 +179,64 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
 
 # ---------------------------------------------------------------------- the parser
 #: top-level commands: (name, help, add_arguments). Other modules' commands are added here.
+# ---------------------------------------------------------------------- generate
+def _output_folders(images: Sequence[str], out_dir: Path) -> list[Path]:
+    """One folder per input, named after the file; repeated stems get a numeric suffix."""
+    used: dict[str, int] = {}
+    folders = []
+    for image in images:
+        stem = Path(image).name.rsplit(".", 1)[0] or "image"
+        n = used.get(stem, 0)
+        used[stem] = n + 1
+        folders.append(out_dir / (stem if n == 0 else f"{stem}-{n}"))
+    return folders
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .pipeline import ImageTo3DPipeline
+
+    missing = [image for image in args.images if not Path(image).is_file()]
+    if missing:
+        raise InputError("input image not found", where=missing[0], hint="check the path")
+    overrides = list(args.overrides)
+    if args.steps is not None:
+        overrides.append(f"sampler.steps={args.steps}")
+    if args.seed is not None:
+        overrides.append(f"seed={args.seed}")
+    pipe = ImageTo3DPipeline.from_recipe(args.recipe, overrides, device=args.device, dtype=args.dtype)
+    random = [c.name for c in pipe.components if c.random_init]
+    if random:
+        print(f"note: {', '.join(random)} use RANDOM weights (no weights in the recipe): outputs are not meaningful", file=sys.stderr)
+    out_dir = Path(args.output or pipe.recipe.model.output.dir)
+    background = "as-is" if args.no_remove_background else "auto"
+    for image, folder in zip(args.images, _output_folders(args.images, out_dir)):
+        result = pipe(image, background=background, progress=not args.quiet)
+        pipe.save(result, folder)
+        print(f"{image} -> {folder} ({result.timings['total']:.1f} s)")
+    return 0
+
+
+def _add_generate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("images", nargs="+", help="input images (RGBA uses its alpha; RGB needs rembg or --no-remove-background)")
+    parser.add_argument("--recipe", default="svd-lgm", help="shipped recipe name or .yaml file (default: svd-lgm)")
+    parser.add_argument("-o", "--output", default=None, help="output folder (default: the recipe's output.dir)")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (sampler.steps)")
+    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto")
+    parser.add_argument("--dtype", default=None, choices=["fp32", "fp16", "bf16"])
+    parser.add_argument(
+        "--no-remove-background",
+        action="store_true",
+        help="use an RGB image as is: the object mask is estimated from a plain background colour",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_overrides_argument(parser)
+    parser.set_defaults(func=_generate)
+
+
 COMMANDS: list[tuple[str, str, AddArguments]] = [
+    ("generate", "turn images into multi-view images, a 3D model and a turntable video", _add_generate),
     ("plugins", "list and check installed plugins", _add_plugins),
     ("recipes", "list, show and validate recipes", _add_recipes),
     ("weights", "inspect and convert checkpoints", _add_weights),

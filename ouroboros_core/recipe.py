@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass
@@ -496,14 +495,10 @@ class Recipe:
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         target = directory / RECIPE_FILE_NAME
-        fd, tmp = tempfile.mkstemp(prefix=".recipe-", suffix=".yaml.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                fh.write(self.dump())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        from .io.atomic import atomic_write
+
+        with atomic_write(target) as tmp:
+            tmp.write_text(self.dump(), encoding="utf-8")
         return target
 
 
@@ -594,6 +589,22 @@ def _validate_components(model: RecipeModel, source: Path | None, registry, orig
             ("reconstructor", "config", "input_views"),
             f"{show_value(rec_cfg.input_views)} has view index {bad[0]}, but generator '{gen_spec.name}' makes {n} views",
             f"use indices 0..{n - 1}, or change generator.config.num_views",
+        )
+
+    cams = model.cameras
+    if len(cams.azimuths) != n:
+        _error(
+            origins,
+            ("cameras", "azimuths"),
+            f"{show_value(cams.azimuths)} has {len(cams.azimuths)} views, but generator '{gen_spec.name}' makes {n}",
+            f"give {n} azimuths, or set generator.config.num_views to {len(cams.azimuths)}",
+        )
+    if isinstance(cams.elevations, list) and len(cams.elevations) != len(cams.azimuths):
+        _error(
+            origins,
+            ("cameras", "elevations"),
+            f"{show_value(cams.elevations)} has {len(cams.elevations)} values for {len(cams.azimuths)} azimuths",
+            "give one elevation per azimuth, or a single number for all views",
         )
 
     gen_slots = gen_cfg.feedback_slots()

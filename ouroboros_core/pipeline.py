@@ -1,0 +1,308 @@
+"""Image-to-3D pipeline: load a recipe once, run it on many images, save the results.
+
+In the spirit of diffusers' pipelines, this module only holds components and runs the loop
+in :class:`~ouroboros_core.sampler.RecursiveSampler`; the math lives in the components::
+
+    pipe = ImageTo3DPipeline.from_recipe("tiny")
+    result = pipe("photo.png", seed=0)
+    result.save("outputs/photo")
+
+The CLI's ``generate`` command is a thin layer over this class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import platform
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import torch
+
+from . import __version__
+from .cameras import Cameras
+from .errors import PluginError, UserError
+from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, Representation
+from .recipe import Recipe, load_recipe
+from .sampler import Callback, ProgressBar, RecursiveSampler
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" means CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for, but CUDA is not available", hint="use --device cpu or auto")
+    return dev
+
+
+@dataclass
+class ComponentInfo:
+    """What the manifest records about one loaded component."""
+
+    kind: str
+    name: str
+    distribution: str
+    version: str
+    weights: str | None
+    random_init: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class GenerationResult:
+    """One generated object.
+
+    views: ``(V, 3, H, W)`` in [0, 1]; representation: batch of one; input: the preprocessed
+    input (``ouroboros_core.io.images.PreprocessedImage``); timings: seconds per stage.
+    """
+
+    views: torch.Tensor
+    representation: Representation
+    input: Any
+    cameras: Cameras
+    timings: dict[str, float]
+    manifest: dict[str, Any] = field(default_factory=dict)
+    pipeline: "ImageTo3DPipeline | None" = None
+
+    def save(self, folder: str | Path) -> Path:
+        """Write every output into ``folder`` atomically (see :meth:`ImageTo3DPipeline.save`)."""
+        if self.pipeline is None:
+            raise ValueError("this result has no pipeline to save it with")
+        return self.pipeline.save(self, folder)
+
+
+class ImageTo3DPipeline:
+    """A loaded recipe: generator, reconstructor, feedback encoders and the sampler."""
+
+    def __init__(
+        self,
+        recipe: Recipe,
+        generator: MultiViewGenerator,
+        reconstructor: Reconstructor,
+        encoders: Sequence[FeedbackEncoder],
+        device: torch.device,
+        dtype: torch.dtype,
+        components: list[ComponentInfo],
+    ):
+        self.recipe = recipe
+        self.generator = generator
+        self.reconstructor = reconstructor
+        self.encoders = list(encoders)
+        self.device = device
+        self.dtype = dtype
+        self.components = components
+        self.sampler = RecursiveSampler(generator, reconstructor, self.encoders, recipe.model.sampler, recipe.model.maps)
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def from_recipe(
+        cls,
+        recipe: str | Path | Recipe = "svd-lgm",
+        overrides: Iterable[str] = (),
+        device: str | None = None,
+        dtype: str | None = None,
+        registry=None,
+    ) -> "ImageTo3DPipeline":
+        """Build and load every component of a recipe (a name, a file or a loaded Recipe).
+
+        ``device``/``dtype`` override the recipe's. Components whose recipe entry has no
+        ``weights`` keep their random initialisation, which is logged and recorded.
+        """
+        overrides = list(overrides)
+        if device is not None:
+            overrides.append(f"device={device}")
+        if dtype is not None:
+            overrides.append(f"dtype={dtype}")
+        if not isinstance(recipe, Recipe):
+            recipe = load_recipe(recipe, overrides, registry=registry)
+        elif overrides:
+            raise ValueError("overrides apply when loading a recipe; pass a recipe name or path")
+        if registry is None:
+            from .registry import get_registry
+
+            registry = get_registry()
+        model = recipe.model
+        dev = resolve_device(model.device)
+        torch_dtype = DTYPES[model.dtype]
+        torch.manual_seed(model.seed)  # random initialisation is reproducible too
+
+        infos: list[ComponentInfo] = []
+
+        def build(kind: str, spec, config, entry):
+            module = spec.build(config)
+            if entry.weights:
+                loader = getattr(module, "load_weights", None)
+                if loader is None:
+                    raise PluginError(
+                        f"{kind} '{spec.name}' cannot load weights (it has no load_weights method)",
+                        where=f"recipe {kind}.weights",
+                        hint="remove the weights entry or update the plugin",
+                    )
+                loader(entry.weights)
+            else:
+                log.warning("%s '%s' has no weights in the recipe: using random initialisation", kind, spec.name)
+            reg = registry.entry(kind, spec.name)
+            infos.append(ComponentInfo(kind, spec.name, reg.distribution, reg.version, entry.weights, not entry.weights))
+            return module.to(device=dev, dtype=torch_dtype).eval()
+
+        generator = build("generator", recipe.generator_spec, recipe.generator_config, model.generator)
+        reconstructor = build("reconstructor", recipe.reconstructor_spec, recipe.reconstructor_config, model.reconstructor)
+        encoders = [
+            build("feedback", spec, cfg, entry)
+            for spec, cfg, entry in zip(recipe.feedback_specs, recipe.feedback_configs, model.feedback)
+        ]
+        pipe = cls(recipe, generator, reconstructor, encoders, dev, torch_dtype, infos)
+        if model.compile:
+            pipe.compile()
+        return pipe
+
+    def compile(self) -> None:
+        """``torch.compile`` each component in place (a component may name its hot submodules
+        with a ``compile_targets()`` method; otherwise the component itself is compiled)."""
+        for module in (self.generator, self.reconstructor, *self.encoders):
+            targets = module.compile_targets() if hasattr(module, "compile_targets") else [module]
+            for target in targets:
+                target.compile()
+
+    # ------------------------------------------------------------------ running
+    def cameras(self, batch_size: int = 1) -> Cameras:
+        """The generation cameras of the recipe (``cameras`` section)."""
+        c = self.recipe.model.cameras
+        return Cameras.orbit(c.azimuths, c.elevations, c.radius, c.fov_deg, batch_size, dtype=torch.float32, device=self.device)
+
+    def _attention_context(self):
+        backend = self.recipe.model.attention_backend
+        if backend == "sdpa":
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        names = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+        return sdpa_kernel(names[backend])
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        image: Any,
+        *,
+        seed: int | None = None,
+        background: str = "auto",
+        progress: bool = False,
+        callbacks: Sequence[Callback] = (),
+    ) -> GenerationResult:
+        """Generate views and 3D for one image (a path, PIL image, array or tensor)."""
+        from .io.images import preprocess
+
+        model = self.recipe.model
+        seed = model.seed if seed is None else seed
+        timings: dict[str, float] = {}
+        start = time.perf_counter()
+        pre = preprocess(image, self.generator.image_size, model.output.border_ratio, background)
+        timings["preprocess"] = time.perf_counter() - start
+        cams = self.cameras()
+        rng = torch.Generator(device=self.device).manual_seed(seed)
+        steps: list[Callback] = list(callbacks)
+        if progress:
+            steps.append(ProgressBar(model.sampler.steps, desc=Path(pre.source).name))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        with self._attention_context():
+            out = self.sampler(pre.image[None].to(self.device, self.dtype), cams, generator=rng, callbacks=steps)
+        timings.update({f"sampler.{k}": v for k, v in out.timings.items()})
+        timings["total"] = time.perf_counter() - start
+        manifest = self._manifest(seed, timings, pre, out.num_reconstructions)
+        return GenerationResult(out.views[0].float().cpu(), out.representation, pre, cams, timings, manifest, self)
+
+    def _manifest(self, seed: int, timings: dict[str, float], pre, num_reconstructions: int) -> dict[str, Any]:
+        if self.device.type == "cuda":
+            peak = {"gpu_bytes": torch.cuda.max_memory_allocated(self.device)}
+        else:
+            peak = {"cpu_max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        random = [c.name for c in self.components if c.random_init]
+        return {
+            "ouroboros3d": __version__,
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "recipe": self.recipe.name,
+            "components": [c.as_dict() for c in self.components],
+            "random_weights": random,
+            "note": (f"components {', '.join(random)} ran with RANDOM weights: outputs are not meaningful" if random else None),
+            "seed": seed,
+            "device": str(self.device),
+            "dtype": self.recipe.model.dtype,
+            "input": {"source": pre.source, "mask_source": pre.mask_source, "notes": pre.notes},
+            "num_reconstructions": num_reconstructions,
+            "timings_s": timings,
+            "peak_memory": peak,
+        }
+
+    # ------------------------------------------------------------------ saving
+    def save(self, result: GenerationResult, folder: str | Path) -> Path:
+        """Write input.png, views/*.png, views.png, model.ply, turntable video, recipe.yaml and
+        manifest.json into ``folder``. Everything is written into a temporary folder that is
+        renamed into place at the end, so an interrupted run leaves nothing complete-looking."""
+        from .io.atomic import atomic_output_dir
+        from .io.grid import save_grid, save_views
+        from .io.video import turntable_cameras, write_video
+
+        out_cfg = self.recipe.model.output
+        folder = Path(folder)
+        timings = dict(result.timings)
+        with atomic_output_dir(folder) as tmp:
+            result.input.save_input(tmp / "input.png")
+            if out_cfg.save_views:
+                save_views(result.views, tmp / "views")
+            save_grid(result.views, tmp / "views.png", columns=out_cfg.grid_columns)
+            files = {"input": "input.png", "grid": "views.png"}
+            if out_cfg.ply:
+                start = time.perf_counter()
+                files["model"] = result.representation.save(
+                    tmp / "model.ply", index=0, **self._save_kwargs(result.representation)
+                ).name
+                timings["save.model"] = time.perf_counter() - start
+            if out_cfg.video:
+                start = time.perf_counter()
+                frames = self.render_turntable(result, turntable_cameras(result.cameras, out_cfg.video_frames))
+                files["video"] = write_video(frames, tmp / "turntable.mp4", fps=out_cfg.video_fps).name
+                timings["save.video"] = time.perf_counter() - start
+            self.recipe.save(tmp)
+            files["recipe"] = "recipe.yaml"
+            manifest = dict(result.manifest, timings_s=timings, files=files)
+            (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        return folder
+
+    def _save_kwargs(self, representation: Representation) -> dict[str, Any]:
+        from .gaussians import GaussianCloud
+
+        if isinstance(representation, GaussianCloud):
+            return {"min_opacity": self.recipe.model.output.ply_opacity_threshold}
+        return {}
+
+    @torch.no_grad()
+    def render_turntable(self, result: GenerationResult, cameras: Cameras, chunk: int = 8) -> torch.Tensor:
+        """Frames ``(T, H, W, 3)`` in [0, 1] of the representation seen from ``cameras``."""
+        size = self.recipe.model.output.video_size
+        rep = result.representation
+        frames = []
+        for start in range(0, cameras.num_views, chunk):
+            sub = cameras.select_views(range(start, min(start + chunk, cameras.num_views)))
+            render = rep.render(sub.to(rep_device(rep)), size, size, background=1.0)
+            frames.append(render.rgb[0].float().clamp(0, 1).permute(0, 2, 3, 1).cpu())
+        return torch.cat(frames)
+
+
+def rep_device(representation: Representation) -> torch.device:
+    """The device a representation's tensors live on (CPU when it does not say)."""
+    return getattr(representation, "device", torch.device("cpu"))
