@@ -181,7 +181,7 @@ class ImageTo3DPipeline:
     def cameras(self, batch_size: int = 1) -> Cameras:
         """The generation cameras of the recipe (``cameras`` section)."""
         c = self.recipe.model.cameras
-        return Cameras.orbit(c.azimuths, c.elevations, c.radius, c.fov_deg, batch_size, dtype=torch.float32, device=self.device)
+        return Cameras.orbit(c.azimuths_for(self.generator.num_views), c.elevations, c.radius, c.fov_deg, batch_size, dtype=torch.float32, device=self.device)
 
     def _attention_context(self):
         backend = self.recipe.model.attention_backend

@@ -143,10 +143,19 @@ class TrainerConfig(_Section):
 class CamerasConfig(_Section):
     """The generation orbit (defaults: the official 8-view orbit, ``Cameras.official()``)."""
 
-    azimuths: list[float] = Field(default_factory=lambda: [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 337.5])
+    #: degrees from +z towards +x; ``None``: the official 8-view azimuths (0, 45, ..., 270,
+    #: 337.5) for 8 views, otherwise evenly spaced from 0
+    azimuths: list[float] | None = None
     elevations: float | list[float] = 0.0
     radius: float = Field(1.7416968, gt=0)
     fov_deg: float = Field(39.59775, gt=0, lt=180)
+
+    def azimuths_for(self, num_views: int) -> list[float]:
+        if self.azimuths is not None:
+            return list(self.azimuths)
+        if num_views == 8:
+            return [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 337.5]
+        return [360.0 * i / num_views for i in range(num_views)]
 
 
 class OutputConfig(_Section):
@@ -592,18 +601,18 @@ def _validate_components(model: RecipeModel, source: Path | None, registry, orig
         )
 
     cams = model.cameras
-    if len(cams.azimuths) != n:
+    if cams.azimuths is not None and len(cams.azimuths) != n:
         _error(
             origins,
             ("cameras", "azimuths"),
             f"{show_value(cams.azimuths)} has {len(cams.azimuths)} views, but generator '{gen_spec.name}' makes {n}",
             f"give {n} azimuths, or set generator.config.num_views to {len(cams.azimuths)}",
         )
-    if isinstance(cams.elevations, list) and len(cams.elevations) != len(cams.azimuths):
+    if isinstance(cams.elevations, list) and len(cams.elevations) != n:
         _error(
             origins,
             ("cameras", "elevations"),
-            f"{show_value(cams.elevations)} has {len(cams.elevations)} values for {len(cams.azimuths)} azimuths",
+            f"{show_value(cams.elevations)} has {len(cams.elevations)} values for {n} views",
             "give one elevation per azimuth, or a single number for all views",
         )
 

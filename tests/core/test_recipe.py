@@ -307,3 +307,15 @@ def test_registry_without_plugins_gives_a_clear_error(tmp_path):
     message = error_of(load_recipe, write(tmp_path / "r.yaml", BASE), registry=empty)
     assert "generator.type: no generator named 'toy-gen' is installed" in message
     assert "no generator is available" in message
+
+
+def test_cameras_must_match_the_generator_views(tmp_path, toy_registry):
+    path = write(tmp_path / "base.yaml", BASE)
+    recipe = load_recipe(path, registry=toy_registry)
+    assert recipe.model.cameras.azimuths_for(4) == [0.0, 90.0, 180.0, 270.0]
+    assert recipe.model.cameras.azimuths_for(8)[-1] == 337.5  # the official orbit
+    msg = error_of(load_recipe, path, ["cameras.azimuths=[0, 120, 240]"], registry=toy_registry)
+    assert "cameras.azimuths" in msg and "has 3 views, but generator 'toy-gen' makes 4" in msg
+    assert "give 4 azimuths" in msg
+    msg = error_of(load_recipe, path, ["cameras.elevations=[0, 10]"], registry=toy_registry)
+    assert "cameras.elevations" in msg and "2 values for 4 views" in msg
