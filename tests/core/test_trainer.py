@@ -1,0 +1,292 @@
+"""The joint trainer (Algorithm 1) with the toy components of ``toys.py``."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+
+from ouroboros_core.errors import RecipeError, WeightsError
+from ouroboros_core.recipe import LossConfig, MapsConfig, TrainerConfig
+from ouroboros_core.trainer import JointModel, JointTrainer, parameter_groups
+
+from toys import SphereCloud, ToyEncoder, ToyEncoderConfig, ToyGenerator, ToyGeneratorConfig, ToyReconstructor, toy_cameras
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """accelerate keeps a process-wide state; each test makes its own Accelerator."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def toy_batch(batch_size: int = 2, seed: int = 0, size: int = 16) -> dict:
+    """Ground truth: a sphere of some colour and radius 0.45, seen by the 4 toy cameras."""
+    g = torch.Generator().manual_seed(seed)
+    color = 0.2 + 0.6 * torch.rand(batch_size, 3, generator=g)
+    cams = toy_cameras(batch_size)
+    out = SphereCloud(color, torch.full((batch_size,), 0.45), softness=0.01).render(cams, size, size)
+    return {"images": out.rgb.detach(), "alpha": out.alpha.detach(), "cameras": cams}
+
+
+class ToyData(torch.utils.data.Dataset):
+    """Items in the dataset format (per-object tensors), batched by collate_multiview."""
+
+    def __init__(self, n: int = 6):
+        self.items = []
+        for i in range(n):
+            b = toy_batch(1, seed=i)
+            self.items.append({"id": str(i), "images": b["images"][0], "alpha": b["alpha"][0], "c2w": b["cameras"].c2w[0], "intrinsics": b["cameras"].intrinsics[0]})
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def components(seed: int = 0, kinds=("rgb", "ccm"), size: int = 16):
+    torch.manual_seed(seed)
+    gen = ToyGenerator(ToyGeneratorConfig(image_size=size))
+    return gen, ToyReconstructor(), [ToyEncoder(ToyEncoderConfig(map_kind=k)) for k in kinds]
+
+
+def config(**kwargs) -> TrainerConfig:
+    base = dict(lr=1e-2, loss=LossConfig(lpips_weight=0.0), checkpoint_every=0, log_every=0, grad_clip=None)
+    base.update(kwargs)
+    return TrainerConfig(**base)
+
+
+def trainer(seed: int = 0, component_seed: int = 0, kinds=("rgb", "ccm"), size: int = 16, **kwargs) -> JointTrainer:
+    return JointTrainer(*components(component_seed, kinds, size), config(**kwargs), MapsConfig(), seed=seed, device="cpu")
+
+
+# ---------------------------------------------------------------------- parameter groups
+def test_parameter_groups_prefixes_scales_and_errors():
+    gen, rec, encs = components()
+    mods = torch.nn.ModuleDict({"generator": gen, "reconstructor": rec, "feedback": torch.nn.ModuleList(encs)})
+    rec.log_radius.requires_grad_(False)  # a component may freeze parts of itself
+    groups = parameter_groups(mods, ["generator.offset", "reconstructor", "feedback.1"], 1e-3, {"reconstructor": 0.5, "feedback": 2.0})
+    by_scale = {g["lr_scale"]: g for g in groups}
+    assert {s: g["lr"] for s, g in by_scale.items()} == {1.0: 1e-3, 0.5: 5e-4, 2.0: 2e-3}
+    assert by_scale[1.0]["params"] == [gen.offset]
+    assert {id(p) for p in by_scale[0.5]["params"]} == {id(rec.color_gain), id(rec.color_bias), id(rec.sigma_weight)}
+    assert {id(p) for p in by_scale[2.0]["params"]} == {id(p) for p in encs[1].parameters()}
+    assert not gen.feedback_gain.requires_grad and not rec.log_radius.requires_grad
+    assert not any(p.requires_grad for p in encs[0].parameters())
+    with pytest.raises(RecipeError, match=r"trainer.trainable: 'generater' matches no parameter.*did you mean 'generator'"):
+        parameter_groups(mods, ["generater"], 1e-3)
+    with pytest.raises(RecipeError, match=r"trainer.lr_scale: 'feedback.7'"):
+        parameter_groups(mods, ["feedback"], 1e-3, {"feedback.7": 0.1})
+
+
+def test_frozen_components_do_not_change():
+    t = trainer(trainable=["reconstructor"])
+    before = {n: p.detach().clone() for n, p in t.components.named_parameters()}
+    batch = toy_batch()
+    for _ in range(3):
+        t.train_step([batch])
+    for name, p in t.components.named_parameters():
+        changed = not torch.equal(before[name], p)
+        assert changed == name.startswith("reconstructor."), name
+
+
+# ---------------------------------------------------------------------- the training pass
+def test_pass_structure_and_gradients_reach_reconstructor_and_encoders():
+    gen, rec, encs = components()
+    for e in encs:
+        e.record = True
+    model = JointModel(gen, rec, encs, config(), MapsConfig())
+    batch = toy_batch()
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], torch.tensor([0.5, 2.0]), True, torch.Generator().manual_seed(0))
+    # pass 1 with zero maps, pass 2 with the maps rendered from the sigma reconstruction
+    assert [c["feedback"] for c in gen.denoise_calls] == [True, True]
+    assert not encs[0].seen[0].any() and encs[0].seen[1].any()
+    assert [c["sigma"] is None for c in rec.calls] == [False, True]  # decoded x0 at sigma, then clean GT
+    assert torch.allclose(rec.calls[1]["images"], batch["images"][:, [0, 2]])
+    assert losses["feedback"].item() == 1.0
+    assert torch.allclose(losses["total"], losses["diffusion"] + losses["recon"])
+    assert torch.allclose(losses["recon"], (losses["recon_noisy"] + losses["recon_clean"]) / 2)
+    losses["total"].backward()
+    for module in (rec, *encs):
+        for name, p in module.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, name
+    assert gen.feedback_gain.grad.abs() > 0 and gen.offset.grad.abs() > 0
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_diffusion_loss_trains_reconstructor_through_feedback_unless_detached(detach):
+    gen, rec, encs = components()
+    model = JointModel(gen, rec, encs, config(detach_feedback=detach), MapsConfig())
+    batch = toy_batch()
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], torch.tensor([0.5, 2.0]), True, torch.Generator().manual_seed(0))
+    losses["diffusion"].backward()
+    reached = rec.color_bias.grad is not None and rec.color_bias.grad.abs().sum() > 0
+    assert reached != detach
+    assert encs[0].convs[0].weight.grad.abs().sum() > 0
+
+
+def test_without_feedback_the_first_pass_loss_is_used():
+    gen, rec, encs = components()
+    model = JointModel(gen, rec, encs, config(), MapsConfig())
+    batch = toy_batch()
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], torch.tensor([1.0, 1.0]), False, torch.Generator().manual_seed(0))
+    assert len(gen.denoise_calls) == 1 and losses["feedback"].item() == 0.0
+    assert torch.equal(losses["diffusion"], losses["diffusion_pass1"])
+
+
+def test_keep_first_pass_loss_averages_both_passes():
+    batch = toy_batch()
+    sigma = torch.tensor([0.7, 3.0])
+    out = {}
+    for keep in (False, True):
+        gen, rec, encs = components()
+        model = JointModel(gen, rec, encs, config(keep_first_pass_loss=keep), MapsConfig())
+        out[keep] = model(batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0))
+    pass1, pass2 = out[False]["diffusion_pass1"], out[False]["diffusion"]
+    assert not torch.allclose(pass1, pass2)
+    assert torch.allclose(out[True]["diffusion"], (pass1 + pass2) / 2)
+
+
+def test_diffusion_loss_equals_weighted_x0_error():
+    """With no encoders, one pass: mean(lambda(sigma) (x0_hat - x0)^2) against a direct computation."""
+    gen, rec, _ = components()
+    model = JointModel(gen, rec, [], config(), MapsConfig())
+    batch = toy_batch()
+    sigma = torch.tensor([0.5, 2.0])
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0))
+    x0 = batch["images"]
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    s = sigma.reshape(2, 1, 1, 1, 1)
+    x = x0 + s * eps
+    x0_hat = 0.5 + 0.25**2 / (0.25**2 + s**2) * (x - 0.5)
+    lam = (s**2 + 0.25**2) / (s * 0.25) ** 2
+    assert losses["diffusion"].item() == pytest.approx((lam * (x0_hat - x0) ** 2).mean().item(), rel=1e-5)
+    assert losses["feedback"].item() == 0.0
+
+
+# ---------------------------------------------------------------------- the trainer
+def test_feedback_probability_is_seeded_and_matches_config():
+    n = 40
+    batch = toy_batch(1, size=8)
+    runs = {}
+    for seed in (0, 0, 1):
+        t = trainer(seed=seed, size=8, self_condition_prob=0.3, trainable=["feedback"])
+        calls = t.components["generator"].denoise_calls
+        seq = [t.train_step([batch])["feedback"] for _ in range(n)]
+        assert len(calls) == n + sum(seq)  # a second denoising pass exactly on feedback steps
+        runs.setdefault(seed, []).append(seq)
+    assert runs[0][0] == runs[0][1]  # deterministic given the seed
+    assert runs[0][0] != runs[1][0]
+    for seq in (runs[0][0], runs[1][0]):
+        # binomial(40, 0.3): mean 12, standard deviation 2.9; 3.5 SD bounds
+        assert 2 <= sum(seq) <= 22
+    # one draw per step from the trainer's own generator
+    g = torch.Generator().manual_seed(0)
+    assert runs[0][0] == [float(torch.rand((), generator=g) < 0.3) for _ in range(n)]
+
+
+def test_loss_decreases_on_toy_problem():
+    """Losses on a held-out object at fixed noise (so the comparison carries no sampling noise)
+    fall during training, and the trained feedback makes denoising better than without it."""
+    from ouroboros_core.data import collate_multiview
+
+    t = trainer(lr=3e-2, self_condition_prob=0.5, grad_clip=1.0)
+    held_out = toy_batch(2, seed=10)
+
+    def evaluate() -> dict[str, float]:
+        with torch.no_grad():
+            out = t.joint_model(held_out["images"], held_out["alpha"], held_out["cameras"], torch.tensor([0.3, 3.0]), True, torch.Generator().manual_seed(0))
+        return {k: float(v) for k, v in out.items()}
+
+    before = evaluate()
+    logs = t.train(DataLoader(ToyData(4), batch_size=2, collate_fn=collate_multiview), max_steps=30)
+    after = evaluate()
+    assert len(logs) == 30 and all("grad_norm" in l for l in logs)
+    assert after["total"] < 0.6 * before["total"]
+    assert after["recon"] < 0.6 * before["recon"]
+    assert after["diffusion"] < 0.9 * after["diffusion_pass1"]  # feedback helps after training
+
+
+def test_resume_is_bitwise_identical(tmp_path):
+    from ouroboros_core.data import make_dataloader
+
+    kwargs = dict(grad_accum=2, ema_decay=0.9, checkpoint_every=3, grad_clip=0.5, self_condition_prob=0.5)
+    # 4 shuffled batches per epoch: the checkpoint after 3 steps (6 batches) falls mid-epoch
+    data = make_dataloader(ToyData(9), batch_size=2, seed=1)
+    full = trainer(seed=7, **kwargs)
+    full_logs = full.train(data, max_steps=6, checkpoint_dir=tmp_path / "full")
+    ckpt = tmp_path / "full" / "step-00000003"
+    assert sorted(p.name for p in ckpt.iterdir()) == ["ema.safetensors", "model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer.json"]
+    assert json.loads((ckpt / "trainer.json").read_text())["step"] == 3
+    # the model file holds the trainable tensors under their component paths
+    assert "generator.offset" in load_file(str(ckpt / "model.safetensors"))
+
+    torch.manual_seed(123)  # the resumed process starts from another global RNG state...
+    resumed = trainer(seed=99, component_seed=5, **kwargs)  # ...other initial weights and seeds
+    resumed.load_checkpoint(ckpt)
+    assert resumed.step == 3
+    resumed_logs = resumed.train(data, max_steps=6, checkpoint_dir=tmp_path / "resumed")
+    assert [l for l in resumed_logs] == full_logs[3:]
+    for (name, a), (_, b) in zip(full.components.named_parameters(), resumed.components.named_parameters()):
+        assert torch.equal(a, b), name
+    for name in full.ema.shadow:
+        assert torch.equal(full.ema.shadow[name], resumed.ema.shadow[name])
+    assert torch.equal(full.optimizer.state_dict()["state"][0]["exp_avg"], resumed.optimizer.state_dict()["state"][0]["exp_avg"])
+
+
+def test_checkpoint_mismatch_is_a_clear_error(tmp_path):
+    t = trainer()
+    t.train_step([toy_batch()])
+    path = t.save_checkpoint(tmp_path / "ck")
+    other = trainer(trainable=["generator"])
+    with pytest.raises(WeightsError, match=r"checkpoint does not match the model: unexpected \['feedback.0"):
+        other.load_checkpoint(path)
+    with pytest.raises(RecipeError, match="grad_accum"):
+        trainer(grad_accum=2).load_checkpoint(path)
+    with pytest.raises(WeightsError, match="trainer.json is missing"):
+        t.load_checkpoint(tmp_path)
+
+
+def test_ema_tracks_and_applies():
+    t = trainer(ema_decay=0.5, trainable=["generator"])
+    start = t.components["generator"].offset.detach().clone()
+    batch = toy_batch()
+    t.train_step([batch])
+    p1 = t.components["generator"].offset.detach().clone()
+    t.train_step([batch])
+    p2 = t.components["generator"].offset.detach().clone()
+    expected = 0.5 * (0.5 * start + 0.5 * p1) + 0.5 * p2
+    assert torch.allclose(t.ema.shadow["generator.offset"], expected)
+    with t.ema.applied():
+        assert torch.allclose(t.components["generator"].offset, expected)
+    assert torch.equal(t.components["generator"].offset, p2)
+
+
+def test_bf16_mixed_precision_on_cpu():
+    t = trainer(mixed_precision="bf16", self_condition_prob=1.0)
+    dtypes = []
+    enc = t.components["feedback"][0]
+    enc.register_forward_hook(lambda m, i, o: dtypes.append(o[0].dtype))
+    logs = t.train_step([toy_batch()])
+    assert dtypes and all(d == torch.bfloat16 for d in dtypes)  # the encoders ran under autocast
+    assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
+
+
+def test_gradients_reach_gaussian_cloud_parameters():
+    from toys import GaussianToyReconstructor
+
+    torch.manual_seed(0)
+    gen, rec, encs = ToyGenerator(), GaussianToyReconstructor(), [ToyEncoder(ToyEncoderConfig(map_kind=k)) for k in ("rgb", "ccm")]
+    model = JointModel(gen, rec, encs, config(), MapsConfig())
+    batch = toy_batch()
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], torch.tensor([0.5, 2.0]), True, torch.Generator().manual_seed(0))
+    losses["total"].backward()
+    for name, p in [*rec.named_parameters(), *encs[1].named_parameters()]:
+        assert p.grad is not None and p.grad.abs().sum() > 0, name
