@@ -210,8 +210,9 @@ def _generate(args: argparse.Namespace) -> int:
         print(f"note: {', '.join(random)} use RANDOM weights (no weights in the recipe): outputs are not meaningful", file=sys.stderr)
     out_dir = Path(args.output or pipe.recipe.model.output.dir)
     background = "as-is" if args.no_remove_background else "auto"
-    for image, folder in zip(args.images, _output_folders(args.images, out_dir)):
-        result = pipe(image, background=background, progress=not args.quiet)
+    inputs = [pipe.preprocess(image, background) for image in args.images]  # all inputs are usable first
+    for image, pre, folder in zip(args.images, inputs, _output_folders(args.images, out_dir)):
+        result = pipe(pre, progress=not args.quiet)
         pipe.save(result, folder)
         print(f"{image} -> {folder} ({result.timings['total']:.1f} s)")
     return 0

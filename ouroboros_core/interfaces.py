@@ -105,8 +105,17 @@ class MultiViewGenerator(nn.Module, abc.ABC):
         return self.config.feedback_slots()
 
     @abc.abstractmethod
-    def prepare(self, image: torch.Tensor, cameras: Cameras, **kwargs: Any) -> GenerationContext:
-        """Conditioning for a batch. ``image`` is ``(B, 3, H, W)`` in [0, 1] on white."""
+    def prepare(
+        self,
+        image: torch.Tensor,
+        cameras: Cameras,
+        generator: torch.Generator | None = None,
+        **kwargs: Any,
+    ) -> GenerationContext:
+        """Conditioning for a batch. ``image`` is ``(B, 3, H, W)`` in [0, 1] on white.
+
+        Any randomness (noise augmentation of the condition) must come from ``generator`` so
+        that the same seed gives the same outputs."""
 
     def initial_noise(self, context: GenerationContext, generator: torch.Generator | None = None) -> torch.Tensor:
         """Unit-variance noise of the latent shape; the sampler scales it to sigma_max."""

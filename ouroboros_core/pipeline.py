@@ -153,7 +153,7 @@ class ImageTo3DPipeline:
                     )
                 loader(entry.weights)
             else:
-                log.warning("%s '%s' has no weights in the recipe: using random initialisation", kind, spec.name)
+                log.info("%s %r has no weights in the recipe: using random initialisation", kind, spec.name)
             reg = registry.entry(kind, spec.name)
             infos.append(ComponentInfo(kind, spec.name, reg.distribution, reg.version, entry.weights, not entry.weights))
             return module.to(device=dev, dtype=torch_dtype).eval()
@@ -192,6 +192,12 @@ class ImageTo3DPipeline:
         names = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
         return sdpa_kernel(names[backend])
 
+    def preprocess(self, image: Any, background: str = "auto"):
+        """Load, segment, recentre and resize an input for this pipeline's generator."""
+        from .io.images import preprocess
+
+        return preprocess(image, self.generator.image_size, self.recipe.model.output.border_ratio, background)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -202,14 +208,15 @@ class ImageTo3DPipeline:
         progress: bool = False,
         callbacks: Sequence[Callback] = (),
     ) -> GenerationResult:
-        """Generate views and 3D for one image (a path, PIL image, array or tensor)."""
-        from .io.images import preprocess
+        """Generate views and 3D for one image (a path, PIL image, array, tensor, or the
+        result of :meth:`preprocess`)."""
+        from .io.images import PreprocessedImage
 
         model = self.recipe.model
         seed = model.seed if seed is None else seed
         timings: dict[str, float] = {}
         start = time.perf_counter()
-        pre = preprocess(image, self.generator.image_size, model.output.border_ratio, background)
+        pre = image if isinstance(image, PreprocessedImage) else self.preprocess(image, background)
         timings["preprocess"] = time.perf_counter() - start
         cams = self.cameras()
         rng = torch.Generator(device=self.device).manual_seed(seed)

@@ -203,7 +203,7 @@ class RecursiveSampler:
         B = image.shape[0]
         cameras = cameras.repeat(B).to(device)
         with timer("prepare"):
-            ctx = gen.prepare(image.to(device), cameras)
+            ctx = gen.prepare(image.to(device), cameras, generator=generator)
         x = gen.initial_noise(ctx, generator) * initial_noise_scale(cfg.sigma_max, gen.sigma_data, cfg.init_noise)
         sigmas = self.sigmas()  # float64 on the CPU: exact values for the schedule logic
         size = gen.image_size

@@ -1,0 +1,150 @@
+"""The tiny recipe end to end on the CPU: every output file, read back by a second tool."""
+
+from __future__ import annotations
+
+import json
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from plyfile import PlyData
+
+from ouroboros_core.cli import main
+from ouroboros_core.gaussians import GaussianCloud
+from ouroboros_core.pipeline import ImageTo3DPipeline
+
+FAST = ["sampler.steps=2", "output.video_frames=6", "output.video_size=32"]
+
+
+def object_rgba(size: int = 48) -> np.ndarray:
+    y, x = np.mgrid[:size, :size] / size - 0.5
+    inside = (x**2 + y**2) < 0.3**2
+    rgba = np.zeros((size, size, 4), np.uint8)
+    rgba[..., 0] = 200
+    rgba[..., 1] = (120 + 200 * x).clip(0, 255)
+    rgba[..., 2] = 60
+    rgba[..., 3] = 255 * inside
+    return rgba
+
+
+@pytest.fixture(scope="module")
+def pipe() -> ImageTo3DPipeline:
+    return ImageTo3DPipeline.from_recipe("tiny", FAST)
+
+
+@pytest.fixture(scope="module")
+def result(pipe):
+    return pipe(object_rgba(), seed=3)
+
+
+def test_outputs_are_complete_and_readable(pipe, result, tmp_path):
+    folder = pipe.save(result, tmp_path / "obj")
+    names = sorted(p.name for p in folder.iterdir())
+    assert names == ["input.png", "manifest.json", "model.ply", "recipe.yaml", "turntable.mp4", "views", "views.png"]
+    size = pipe.generator.image_size
+    # 2 x 4 grid with 2 px padding
+    assert Image.open(folder / "views.png").size == (4 * size + 5 * 2, 2 * size + 3 * 2)
+    views = sorted((folder / "views").iterdir())
+    assert len(views) == 8
+    first = np.asarray(Image.open(views[0]), dtype=np.float32) / 255
+    np.testing.assert_allclose(first, result.views[0].permute(1, 2, 0).clamp(0, 1).numpy(), atol=1 / 255 + 1e-6)
+    # the video decodes to the configured number of frames at the configured size
+    frames = iio.imread(folder / "turntable.mp4", plugin="pyav") if _has_pyav() else iio.imread(folder / "turntable.mp4")
+    assert frames.shape[0] == 6 and frames.shape[1:3] == (32, 32)
+    # the resolved recipe is a valid recipe again
+    saved = yaml.safe_load((folder / "recipe.yaml").read_text())
+    assert saved["sampler"]["steps"] == 2 and saved["generator"]["config"]["image_size"] == size
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["seed"] == 3 and manifest["recipe"] == "tiny"
+    assert set(manifest["random_weights"]) == {"svd", "lgm", "adapter"}
+    assert "RANDOM" in manifest["note"]
+    assert {"sampler.denoise", "sampler.reconstruct", "sampler.render", "total"} <= set(manifest["timings_s"])
+    assert manifest["files"]["model"] == "model.ply"
+
+
+def _has_pyav() -> bool:
+    try:
+        import av  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_ply_matches_the_gaussians_in_memory(pipe, result, tmp_path):
+    path = result.representation.save(tmp_path / "g.ply", min_opacity=0.005)
+    rep: GaussianCloud = result.representation
+    keep = rep.opacities[0] >= 0.005
+    vertex = PlyData.read(str(path))["vertex"]
+    assert len(vertex) == int(keep.sum())
+    xyz = np.stack([vertex["x"], vertex["y"], vertex["z"]], -1)
+    np.testing.assert_allclose(xyz, rep.means[0][keep].numpy(), atol=1e-6)
+    opacity = 1 / (1 + np.exp(-np.asarray(vertex["opacity"])))
+    np.testing.assert_allclose(opacity, rep.opacities[0][keep].numpy(), atol=1e-5)
+    rgb = np.stack([vertex[f"f_dc_{i}"] for i in range(3)], -1) * 0.28209479177387814 + 0.5
+    np.testing.assert_allclose(rgb, rep.colors[0][keep].numpy(), atol=1e-5)
+
+
+def test_same_seed_same_outputs_and_other_seed_differs(pipe, result):
+    again = pipe(object_rgba(), seed=3)
+    assert torch.equal(again.views, result.views)
+    assert torch.equal(again.representation.means, result.representation.means)
+    other = pipe(object_rgba(), seed=4)
+    assert not torch.equal(other.views, result.views)
+
+
+def test_joint_mode_reconstructs_every_step_and_two_stage_once():
+    joint = ImageTo3DPipeline.from_recipe("tiny", FAST + ["sampler.final_reconstruction=last_step"])
+    assert joint(object_rgba(), seed=0).manifest["num_reconstructions"] == 2
+    two_stage = ImageTo3DPipeline.from_recipe("tiny", FAST + ["sampler.mode=none"])
+    assert two_stage(object_rgba(), seed=0).manifest["num_reconstructions"] == 1
+
+
+def test_interrupted_save_leaves_no_complete_looking_folder(pipe, result, tmp_path, monkeypatch):
+    import ouroboros_core.io.video as video
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(video, "write_video", crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipe.save(result, tmp_path / "obj")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_generate_several_inputs(tmp_path, capsys):
+    rgba = tmp_path / "a.png"
+    Image.fromarray(object_rgba()).save(rgba)
+    gray = tmp_path / "gray.png"
+    Image.fromarray(object_rgba()[..., [0, 3]], mode="LA").save(gray)  # grayscale + alpha
+    code = main(["generate", str(rgba), str(gray), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q", "--seed", "1"] + [a for s in FAST for a in ("--set", s)])
+    assert code == 0
+    assert (tmp_path / "out" / "a" / "model.ply").is_file()
+    assert (tmp_path / "out" / "gray" / "views.png").is_file()
+
+
+def test_cli_checks_every_input_before_generating(tmp_path, capsys):
+    good = tmp_path / "good.png"
+    Image.fromarray(object_rgba()).save(good)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    assert main(["generate", str(good), str(bad), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert "bad.png" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing was generated for the good one either
+
+
+def test_cli_generate_user_errors(tmp_path, capsys):
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    assert main(["generate", str(corrupt), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q"] + ["--set", FAST[0]]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "broken.png" in err[0]
+    assert not (tmp_path / "out" / "broken").exists()
+    rgb = tmp_path / "photo.jpg"
+    Image.fromarray(object_rgba()[..., :3]).save(rgb)
+    assert main(["generate", str(rgb), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert "--no-remove-background" in capsys.readouterr().err
+    assert main(["generate", str(tmp_path / "missing.png"), "--recipe", "tiny"]) == 2
+    assert "not found" in capsys.readouterr().err
