@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import platform
 import resource
 import time
@@ -26,39 +25,10 @@ import torch
 
 from . import __version__
 from .cameras import Cameras
-from .errors import PluginError, UserError
+from .build import DTYPES, ComponentInfo, build_components, resolve_device
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, Representation
 from .recipe import Recipe, load_recipe
 from .sampler import Callback, ProgressBar, RecursiveSampler
-
-log = logging.getLogger(__name__)
-
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-
-
-def resolve_device(device: str) -> torch.device:
-    """"auto" means CUDA when available, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} was asked for, but CUDA is not available", hint="use --device cpu or auto")
-    return dev
-
-
-@dataclass
-class ComponentInfo:
-    """What the manifest records about one loaded component."""
-
-    kind: str
-    name: str
-    distribution: str
-    version: str
-    weights: str | None
-    random_init: bool
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
 
 
 @dataclass
@@ -130,41 +100,11 @@ class ImageTo3DPipeline:
             recipe = load_recipe(recipe, overrides, registry=registry)
         elif overrides:
             raise ValueError("overrides apply when loading a recipe; pass a recipe name or path")
-        if registry is None:
-            from .registry import get_registry
-
-            registry = get_registry()
+        parts = build_components(recipe, registry=registry)
+        for module in (parts.generator, parts.reconstructor, *parts.encoders):
+            module.eval()
         model = recipe.model
-        dev = resolve_device(model.device)
-        torch_dtype = DTYPES[model.dtype]
-        torch.manual_seed(model.seed)  # random initialisation is reproducible too
-
-        infos: list[ComponentInfo] = []
-
-        def build(kind: str, spec, config, entry):
-            module = spec.build(config)
-            if entry.weights:
-                loader = getattr(module, "load_weights", None)
-                if loader is None:
-                    raise PluginError(
-                        f"{kind} '{spec.name}' cannot load weights (it has no load_weights method)",
-                        where=f"recipe {kind}.weights",
-                        hint="remove the weights entry or update the plugin",
-                    )
-                loader(entry.weights)
-            else:
-                log.info("%s %r has no weights in the recipe: using random initialisation", kind, spec.name)
-            reg = registry.entry(kind, spec.name)
-            infos.append(ComponentInfo(kind, spec.name, reg.distribution, reg.version, entry.weights, not entry.weights))
-            return module.to(device=dev, dtype=torch_dtype).eval()
-
-        generator = build("generator", recipe.generator_spec, recipe.generator_config, model.generator)
-        reconstructor = build("reconstructor", recipe.reconstructor_spec, recipe.reconstructor_config, model.reconstructor)
-        encoders = [
-            build("feedback", spec, cfg, entry)
-            for spec, cfg, entry in zip(recipe.feedback_specs, recipe.feedback_configs, model.feedback)
-        ]
-        pipe = cls(recipe, generator, reconstructor, encoders, dev, torch_dtype, infos)
+        pipe = cls(recipe, parts.generator, parts.reconstructor, parts.encoders, resolve_device(model.device), DTYPES[model.dtype], parts.infos)
         if model.compile:
             pipe.compile()
         return pipe

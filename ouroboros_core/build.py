@@ -1,0 +1,106 @@
+"""Build a recipe's components: modules from their plugins, weights loaded, provenance recorded.
+
+Shared by inference (``pipeline.py``) and training (``runs.py``), so both load components in
+exactly the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .errors import PluginError, UserError
+from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor
+from .recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def resolve_device(device: str) -> torch.device:
+    """"auto" means CUDA when available, else the CPU."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} was asked for, but CUDA is not available", hint="use --device cpu or auto")
+    return dev
+
+
+@dataclass
+class ComponentInfo:
+    """What manifests record about one loaded component."""
+
+    kind: str
+    name: str
+    distribution: str
+    version: str
+    weights: str | None
+    random_init: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+@dataclass
+class Components:
+    generator: MultiViewGenerator
+    reconstructor: Reconstructor
+    encoders: list[FeedbackEncoder]
+    infos: list[ComponentInfo]
+
+    @property
+    def random_init(self) -> list[str]:
+        return [i.name for i in self.infos if i.random_init]
+
+
+def build_components(
+    recipe: Recipe,
+    device: torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    registry=None,
+) -> Components:
+    """Build every component of ``recipe`` and load the weights its entries name.
+
+    Entries without ``weights`` keep their (seeded) random initialisation, which is logged
+    and recorded in ``infos``. ``device``/``dtype`` default to the recipe's.
+    """
+    if registry is None:
+        from .registry import get_registry
+
+        registry = get_registry()
+    model = recipe.model
+    device = device or resolve_device(model.device)
+    dtype = dtype or DTYPES[model.dtype]
+    torch.manual_seed(model.seed)  # random initialisation is reproducible too
+    infos: list[ComponentInfo] = []
+
+    def build(kind: str, spec, config, entry) -> nn.Module:
+        module = spec.build(config)
+        if entry.weights:
+            loader = getattr(module, "load_weights", None)
+            if loader is None:
+                raise PluginError(
+                    f"{kind} '{spec.name}' cannot load weights (it has no load_weights method)",
+                    where=f"recipe {kind}.weights",
+                    hint="remove the weights entry or update the plugin",
+                )
+            loader(entry.weights)
+        else:
+            log.info("%s %r has no weights in the recipe: using random initialisation", kind, spec.name)
+        reg = registry.entry(kind, spec.name)
+        infos.append(ComponentInfo(kind, spec.name, reg.distribution, reg.version, entry.weights, not entry.weights))
+        return module.to(device=device, dtype=dtype)
+
+    generator = build("generator", recipe.generator_spec, recipe.generator_config, model.generator)
+    reconstructor = build("reconstructor", recipe.reconstructor_spec, recipe.reconstructor_config, model.reconstructor)
+    encoders = [
+        build("feedback", spec, cfg, entry)
+        for spec, cfg, entry in zip(recipe.feedback_specs, recipe.feedback_configs, model.feedback)
+    ]
+    return Components(generator, reconstructor, encoders, infos)
