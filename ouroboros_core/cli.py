@@ -236,8 +236,57 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_generate)
 
 
+
+# ---------------------------------------------------------------------- train / evaluate
+def _train(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .runs import train
+
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    recipe = load_recipe(args.recipe, overrides)
+    run_dir = train(recipe, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
+    print(f"trained -> {run_dir} (generate with: ouroboros3d generate IMAGE --recipe {run_dir / 'trained.yaml'})")
+    return 0
+
+
+def _add_train(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="shipped recipe name or .yaml file (its trainer section)")
+    parser.add_argument("-o", "--output", default=None, help="run folder (default: the recipe's trainer.output_dir)")
+    parser.add_argument("--resume", default=None, metavar="CHECKPOINT", help="a checkpoint folder, or 'latest' of this run folder")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (trainer.max_steps)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or auto (multi-GPU: launch with `accelerate launch`)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_overrides_argument(parser)
+    parser.set_defaults(func=_train)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe
+    from .runs import evaluate
+
+    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
+    recipe = load_recipe(args.recipe, overrides)
+    lpips_net = None if args.lpips == "none" else args.lpips
+    result = evaluate(recipe, args.limit, args.output, lpips_net, args.lpips_random_trunk)
+    print(json.dumps({"objects": result["objects"], "mean": result["mean"], "lpips": result["lpips"]}, indent=2))
+    return 0
+
+
+def _add_evaluate(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", required=True, help="recipe whose trainer.data names the evaluation objects")
+    parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N objects")
+    parser.add_argument("-o", "--output", default=None, help="write the metrics to this JSON file")
+    parser.add_argument("--lpips", default="alex", choices=["alex", "vgg", "none"], help="LPIPS backbone (downloaded at first use)")
+    parser.add_argument("--lpips-random-trunk", action="store_true", help="offline smoke tests only: LPIPS with a random backbone")
+    parser.add_argument("--device", default=None)
+    add_overrides_argument(parser)
+    parser.set_defaults(func=_evaluate)
+
+
 COMMANDS: list[tuple[str, str, AddArguments]] = [
     ("generate", "turn images into multi-view images, a 3D model and a turntable video", _add_generate),
+    ("train", "train a recipe's components jointly (self-conditioned feedback)", _add_train),
+    ("evaluate", "score generated views and 3D renders against ground truth (PSNR, SSIM, LPIPS)", _add_evaluate),
     ("plugins", "list and check installed plugins", _add_plugins),
     ("recipes", "list, show and validate recipes", _add_recipes),
     ("weights", "inspect and convert checkpoints", _add_weights),

@@ -101,8 +101,9 @@ class DataConfig(_Section):
     kind: Literal["official", "procedural"] = "procedural"
     root: str | None = None
     ids_file: str | None = None
-    num_views: int = 8
-    image_size: int = 512
+    #: views per object and their side in pixels; ``None``: the generator's (what it must be)
+    num_views: int | None = None
+    image_size: int | None = None
     #: official layout: number of orbit views rendered per object
     orbit_views: int = 16
     random_start_view: bool = True
@@ -536,11 +537,26 @@ def load_recipe(name_or_path: str | Path, overrides: Iterable[str] = (), registr
     data.setdefault("name", path.stem)
     for override in overrides:
         apply_override(data, override, origins)
+    _resolve_relative_weights(data, origins)
     try:
         model = RecipeModel.model_validate(data)
     except ValidationError as exc:
         _raise_validation(exc, RecipeModel, (), origins)
     return _validate_components(model, path, registry, origins)
+
+
+def _resolve_relative_weights(data: dict[str, Any], origins: _Origins) -> None:
+    """``weights: ./x`` or ``../x`` is relative to the recipe file that wrote it (so a recipe
+    can ship beside its checkpoints); from ``--set`` it is relative to the working folder."""
+    entries: list[tuple[KeyPath, Any]] = [(("generator",), data.get("generator")), (("reconstructor",), data.get("reconstructor"))]
+    entries += [(("feedback", i), e) for i, e in enumerate(data.get("feedback") or [])]
+    for path, entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("weights"), str):
+            continue
+        weights = entry["weights"]
+        origin = origins.of(path + ("weights",))
+        if weights.startswith(("./", "../")) and not origin.startswith(_SET):
+            entry["weights"] = str(Path(os.path.normpath(Path(origin).parent / weights)))
 
 
 def _component(kind: str, entry: ComponentEntry, path: KeyPath, device: str, registry, origins: _Origins):

@@ -35,8 +35,12 @@ def collate_multiview(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def build_dataset(config: DataConfig, seed: int = 0) -> Dataset:
-    """The dataset a recipe's ``trainer.data`` section describes."""
+def build_dataset(config: DataConfig, seed: int = 0, num_views: int = 8, image_size: int = 512) -> Dataset:
+    """The dataset a recipe's ``trainer.data`` section describes; views and image size the
+    section leaves unset come from the arguments (a recipe passes its generator's)."""
+    config = config.model_copy(
+        update={"num_views": config.num_views or num_views, "image_size": config.image_size or image_size}
+    )
     if config.kind == "official":
         return OfficialMultiViewDataset.from_config(config, seed)
     return ProceduralMultiViewDataset.from_config(config, seed)

@@ -499,3 +499,11 @@ def test_a_deep_copy_injects_its_own_tensors():
         assert torch.equal(twin.denoise(x, s, ctx, fb), gen.denoise(x, s, ctx, fb))
         torch.nn.init.zeros_(twin.mid_plucker.embed[2].weight)
         assert not torch.equal(twin.denoise(x, s, ctx, fb), gen.denoise(x, s, ctx, fb))
+
+
+def test_vae_and_clip_are_frozen_like_the_official_training():
+    gen = _gen("tiny")
+    assert all(not p.requires_grad for p in gen.vae.parameters())
+    assert all(not p.requires_grad for p in gen.image_encoder.parameters())
+    assert all(p.requires_grad for p in gen.unet.parameters())
+    assert all(p.requires_grad for p in gen.down_plucker.parameters())

@@ -83,6 +83,11 @@ class SVDGenerator(MultiViewGenerator):
                 harmonic_dim(config.plucker_frequencies),
                 zero_init_output=config.rays == "paper",
             )
+        # the VAE and CLIP are frozen, as in the official training (only the UNet, the Plücker
+        # MLPs and the feedback encoders learn); the trainer never trains a frozen parameter
+        for frozen in (self.vae, self.image_encoder):
+            if frozen is not None:
+                frozen.requires_grad_(False)
         self.register_buffer("clip_mean", torch.tensor(config.clip_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(config.clip_std).view(1, 3, 1, 1), persistent=False)
         self._injector = UNetInjector(self.unet, config.feedback_placement, camera_inplace=config.rays == "official")
