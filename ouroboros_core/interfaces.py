@@ -189,3 +189,12 @@ class FeedbackEncoder(nn.Module, abc.ABC):
     @abc.abstractmethod
     def forward(self, maps: torch.Tensor) -> list[torch.Tensor]:
         """``maps`` ``(B, V, 3, H, W)`` in [0, 1] to one ``(B, V, C, h, w)`` tensor per slot."""
+
+
+def encode_feedback(encoders: "list[FeedbackEncoder]", maps: dict[str, torch.Tensor]) -> list[torch.Tensor] | None:
+    """Every encoder's features for its map kind, summed slot by slot (``None`` without encoders)."""
+    total: list[torch.Tensor] | None = None
+    for encoder in encoders:
+        feats = encoder(maps[encoder.map_kind])
+        total = list(feats) if total is None else [a + b for a, b in zip(total, feats)]
+    return total

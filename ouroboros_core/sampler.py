@@ -31,7 +31,7 @@ import torch
 from .cameras import Cameras
 from .edm import euler_step, heun_step, initial_noise_scale, karras_sigmas
 from .errors import SamplingError
-from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, Representation
+from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, Representation, encode_feedback
 from .maps import feedback_maps, zero_maps
 from .recipe import MapsConfig, SamplerConfig
 
@@ -149,11 +149,7 @@ class RecursiveSampler:
     # ------------------------------------------------------------------ pieces
     def features(self, maps: dict[str, torch.Tensor]) -> list[torch.Tensor] | None:
         """Sum of every encoder's features, slot by slot (``None`` without encoders)."""
-        total: list[torch.Tensor] | None = None
-        for encoder in self.encoders:
-            feats = encoder(maps[encoder.map_kind])
-            total = list(feats) if total is None else [a + b for a, b in zip(total, feats)]
-        return total
+        return encode_feedback(self.encoders, maps)
 
     def _input_view_indices(self) -> list[int] | None:
         return self.reconstructor.input_views

@@ -43,7 +43,7 @@ from torch import nn
 from .cameras import Cameras
 from .edm import loss_weight, sample_training_sigmas
 from .errors import RecipeError, WeightsError
-from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor
+from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, encode_feedback
 from .losses import ReconstructionLoss
 from .maps import feedback_maps, zero_maps
 from .recipe import MapsConfig, TrainerConfig
@@ -94,11 +94,7 @@ class JointModel(nn.Module):
 
     def features(self, maps: dict[str, torch.Tensor]) -> list[torch.Tensor] | None:
         """Sum of every encoder's features, slot by slot (``None`` without encoders)."""
-        total: list[torch.Tensor] | None = None
-        for encoder in self.encoders:
-            feats = encoder(maps[encoder.map_kind])
-            total = list(feats) if total is None else [a + b for a, b in zip(total, feats)]
-        return total
+        return encode_feedback(self.encoders, maps)
 
     def _recon_loss(self, representation, images, alpha, cameras) -> dict[str, torch.Tensor]:
         H, W = images.shape[-2:]
