@@ -1,0 +1,58 @@
+"""The shipped recipes validate against the installed plugins and say what they promise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ouroboros_core.pipeline import ImageTo3DPipeline
+from ouroboros_core.recipe import list_recipes, load_recipe
+from tests.e2e.test_generate import FAST, object_rgba
+
+SHIPPED = ["resample", "svd-lgm", "svd-lgm-paper", "tiny", "two-stage"]
+
+
+def test_every_shipped_recipe_validates():
+    assert sorted(list_recipes()) == SHIPPED
+    for name in SHIPPED:
+        assert load_recipe(name).name == name
+
+
+def test_reference_recipe_is_the_official_setup():
+    r = load_recipe("svd-lgm")
+    g, l, m = r.generator_config, r.reconstructor_config, r.model
+    assert (g.num_views, g.image_size, g.guidance_min, g.guidance_max) == (8, 512, 1.0, 3.0)
+    assert (g.rays, g.feedback_placement, g.base_weights) == ("official", "official", "stabilityai/stable-video-diffusion-img2vid")
+    assert (l.input_views, l.input_size, l.time_input, l.rotation) == ([0, 2, 4, 6], 256, "official", "official")
+    assert (m.sampler.steps, m.sampler.sigma_min, m.sampler.sigma_max, m.sampler.mode) == (25, 0.002, 700.0, "joint")
+    assert m.maps.ccm == "official"
+    assert [c.map_kind for c in r.feedback_configs] == ["rgb", "ccm"]
+    assert m.generator.weights == "huanngzh/Ouroboros3D-SVD-LGM:mv_model_unet.pth"
+    assert m.reconstructor.weights == "huanngzh/Ouroboros3D-SVD-LGM:recon_model.pth"
+
+
+def test_variants_change_only_what_they_name():
+    paper = load_recipe("svd-lgm-paper")
+    assert (paper.generator_config.rays, paper.generator_config.feedback_placement) == ("paper", "paper")
+    assert paper.reconstructor_config.time_input == "paper" and paper.model.maps.ccm == "canonical"
+    assert all(c.zero_init_outputs for c in paper.feedback_configs)
+    assert all(e.weights is None for e in paper.model.feedback)
+    assert load_recipe("two-stage").model.sampler.mode == "none"
+    assert load_recipe("resample").model.sampler.mode == "resample"
+    for name in ("two-stage", "resample"):
+        assert load_recipe(name).generator_config == load_recipe("svd-lgm").generator_config
+
+
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        ["dtype=bf16"],
+        ["attention_backend=math", "sampler.decode_only_input_views=true"],
+        ["sampler.feedback_every=2", "sampler.feedback_sigma_range=[0.01, 100]", "sampler.solver=heun"],
+        ["sampler.mode=resample"],
+    ],
+)
+def test_speed_knobs_run_the_tiny_recipe(knobs):
+    pipe = ImageTo3DPipeline.from_recipe("tiny", FAST + knobs)
+    result = pipe(object_rgba(), seed=0)
+    assert result.views.shape == (8, 3, 64, 64) and torch.isfinite(result.views).all()
