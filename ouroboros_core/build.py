@@ -77,6 +77,15 @@ def build_components(
     model = recipe.model
     device = device or resolve_device(model.device)
     dtype = dtype or DTYPES[model.dtype]
+    # every weights source is checked before anything is built: building a full-size model
+    # takes long, and an offline user should learn at once what to download
+    from .weights import check_available
+
+    for where, entry in [("generator", model.generator), ("reconstructor", model.reconstructor)] + [
+        (f"feedback.{i}", e) for i, e in enumerate(model.feedback)
+    ]:
+        if entry.weights:
+            check_available(entry.weights, where=f"{recipe.source or 'recipe'}: {where}.weights")
     torch.manual_seed(model.seed)  # random initialisation is reproducible too
     infos: list[ComponentInfo] = []
 

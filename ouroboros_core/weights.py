@@ -149,6 +149,53 @@ def _download(repo: str, filename: str) -> Path:
         ) from err
 
 
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub can be reached (``HF_HUB_OFFLINE`` set counts as no)."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def check_available(source: str | os.PathLike, where: str | None = None) -> None:
+    """Fail fast, before any model is built, when ``source`` can be neither found locally, in
+    the Hugging Face cache, nor downloaded (offline). Anything that may still resolve passes;
+    the component's own loading gives the detailed errors."""
+    from huggingface_hub import constants
+
+    text = str(source).strip()
+    if Path(text).expanduser().exists():
+        return
+    match = _HUB_ID.match(text)
+    if match is None or text.startswith((".", "/", "~")):
+        raise WeightsError(
+            f"weights file or folder not found: {text}",
+            hint="check the path, or give a hub id like owner/name:file.safetensors",
+            where=where,
+        )
+    repo, filename = match.group("repo"), match.group("filename")
+    cached = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
+    if cached.is_dir() and (filename is None or any(cached.glob(f"snapshots/*/{filename}"))):
+        return
+    if hub_reachable():
+        return
+    what = f"{filename!r} of {repo!r}" if filename else f"the repository {repo!r}"
+    fetch = f"hf download {repo}" + (f" {filename}" if filename else "")
+    raise WeightsError(
+        f"weights {what} are not in the local Hugging Face cache and the hub cannot be reached (offline)",
+        hint=f"on a machine with internet run `{fetch}` and copy the cache ({constants.HF_HUB_CACHE}), "
+        f"or download https://huggingface.co/{repo} and set weights: to the local file or folder",
+        where=where,
+    )
+
+
 # ----------------------------------------------------------------------------- reading files
 def read_state_dict(path: str | os.PathLike, device: str | torch.device = "cpu", meta: bool = False) -> StateDict:
     """Read a checkpoint into ``{name: tensor}``.

@@ -232,3 +232,28 @@ def test_protocol_is_optional():
     sd = {"weight": torch.zeros(2, 2)}
     assert W.convert_for(plain, sd) is sd and W.allowed_missing_for(plain, sd) == set()
     assert isinstance(Toy(ToyConfig()), W.SupportsWeightConversion) and not isinstance(plain, W.SupportsWeightConversion)
+
+
+def test_check_available_fails_fast_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from ouroboros_core.weights import check_available
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(WeightsError) as info:
+        check_available("owner/repo:model.safetensors", where="my.yaml: reconstructor.weights")
+    text = str(info.value)
+    assert text.startswith("my.yaml: reconstructor.weights: weights 'model.safetensors' of 'owner/repo'")
+    assert "hf download owner/repo model.safetensors" in text
+    # a cached snapshot, or a local file, is enough
+    snap = tmp_path / "hub" / "models--owner--repo" / "snapshots" / "abc"
+    snap.mkdir(parents=True)
+    (snap / "model.safetensors").write_bytes(b"")
+    check_available("owner/repo:model.safetensors")
+    check_available("owner/repo")
+    local = tmp_path / "w.safetensors"
+    local.write_bytes(b"")
+    check_available(str(local))
+    with pytest.raises(WeightsError, match="not found"):
+        check_available(str(tmp_path / "missing.pth"))
