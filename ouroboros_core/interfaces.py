@@ -47,6 +47,8 @@ class Representation(abc.ABC):
 
     #: the render outputs this representation provides
     renders: frozenset[str] = frozenset({"rgb", "alpha", "depth"})
+    #: the file format ``generate`` saves it in
+    file_suffix: str = ".ply"
 
     @abc.abstractmethod
     def render(

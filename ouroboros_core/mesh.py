@@ -208,6 +208,8 @@ def nvdiffrast_available() -> bool:
 class Mesh(Representation):
     """A batch of triangle meshes (see the module docstring for fields and conventions)."""
 
+    file_suffix = ".glb"
+
     vertices: list[torch.Tensor]
     faces: list[torch.Tensor]
     vertex_colors: list[torch.Tensor] | None = None

@@ -197,8 +197,8 @@ class ImageTo3DPipeline:
 
     # ------------------------------------------------------------------ saving
     def save(self, result: GenerationResult, folder: str | Path) -> Path:
-        """Write input.png, views/*.png, views.png, model.ply, turntable video, recipe.yaml and
-        manifest.json into ``folder``. Everything is written into a temporary folder that is
+        """Write input.png, views/*.png, views.png, the 3D model (model.ply, or model.glb for a
+        mesh), turntable video, recipe.yaml and manifest.json into ``folder``. Everything is written into a temporary folder that is
         renamed into place at the end, so an interrupted run leaves nothing complete-looking."""
         from .io.atomic import atomic_output_dir
         from .io.grid import save_grid, save_views
@@ -215,9 +215,8 @@ class ImageTo3DPipeline:
             files = {"input": "input.png", "grid": "views.png"}
             if out_cfg.ply:
                 start = time.perf_counter()
-                files["model"] = result.representation.save(
-                    tmp / "model.ply", index=0, **self._save_kwargs(result.representation)
-                ).name
+                rep = result.representation
+                files["model"] = rep.save(tmp / f"model{rep.file_suffix}", index=0, **self._save_kwargs(rep)).name
                 timings["save.model"] = time.perf_counter() - start
             if out_cfg.video:
                 start = time.perf_counter()

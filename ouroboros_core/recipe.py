@@ -167,13 +167,13 @@ class OutputConfig(_Section):
     border_ratio: float = Field(0.2, ge=0, lt=1)
     save_views: bool = True
     grid_columns: int = 4
+    #: write the 3D model (model.ply for Gaussians, model.glb for meshes)
     ply: bool = True
     ply_opacity_threshold: float = 0.005
     video: bool = True
     video_frames: int = 60
     video_fps: int = 30
     video_size: int = 512
-    mesh: bool = False
 
 
 class RecipeModel(_Section):
