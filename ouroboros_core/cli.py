@@ -212,7 +212,7 @@ def _generate(args: argparse.Namespace) -> int:
     background = "as-is" if args.no_remove_background else "auto"
     inputs = [pipe.preprocess(image, background) for image in args.images]  # all inputs are usable first
     for image, pre, folder in zip(args.images, inputs, _output_folders(args.images, out_dir)):
-        result = pipe(pre, progress=not args.quiet)
+        result = pipe(pre, progress=not args.quiet, intermediates=args.save_intermediates)
         pipe.save(result, folder)
         print(f"{image} -> {folder} ({result.timings['total']:.1f} s)")
     return 0
@@ -231,6 +231,7 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="use an RGB image as is: the object mask is estimated from a plain background colour",
     )
+    parser.add_argument("--save-intermediates", action="store_true", help="also save every step's feedback maps (steps/*.png)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_overrides_argument(parser)
     parser.set_defaults(func=_generate)

@@ -28,7 +28,7 @@ from .cameras import Cameras
 from .build import DTYPES, ComponentInfo, build_components, resolve_device
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, Representation
 from .recipe import Recipe, load_recipe
-from .sampler import Callback, ProgressBar, RecursiveSampler
+from .sampler import Callback, ProgressBar, RecursiveSampler, StepInfo
 
 
 @dataclass
@@ -46,6 +46,8 @@ class GenerationResult:
     timings: dict[str, float]
     manifest: dict[str, Any] = field(default_factory=dict)
     pipeline: "ImageTo3DPipeline | None" = None
+    #: per-step feedback maps ("step03_rgb" -> (V, 3, H, W)) when asked for
+    intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def save(self, folder: str | Path) -> Path:
         """Write every output into ``folder`` atomically (see :meth:`ImageTo3DPipeline.save`)."""
@@ -147,9 +149,11 @@ class ImageTo3DPipeline:
         background: str = "auto",
         progress: bool = False,
         callbacks: Sequence[Callback] = (),
+        intermediates: bool = False,
     ) -> GenerationResult:
         """Generate views and 3D for one image (a path, PIL image, array, tensor, or the
-        result of :meth:`preprocess`)."""
+        result of :meth:`preprocess`). ``intermediates`` keeps the feedback maps of every
+        step that reconstructed (saved as ``steps/stepNN_<kind>.png``)."""
         from .io.images import PreprocessedImage
 
         model = self.recipe.model
@@ -161,6 +165,9 @@ class ImageTo3DPipeline:
         cams = self.cameras()
         rng = torch.Generator(device=self.device).manual_seed(seed)
         steps: list[Callback] = list(callbacks)
+        kept: dict[str, torch.Tensor] = {}
+        if intermediates:
+            steps.append(MapRecorder(kept))
         if progress:
             steps.append(ProgressBar(model.sampler.steps, desc=Path(pre.source).name))
         if self.device.type == "cuda":
@@ -170,7 +177,7 @@ class ImageTo3DPipeline:
         timings.update({f"sampler.{k}": v for k, v in out.timings.items()})
         timings["total"] = time.perf_counter() - start
         manifest = self._manifest(seed, timings, pre, out.num_reconstructions)
-        return GenerationResult(out.views[0].float().cpu(), out.representation, pre, cams, timings, manifest, self)
+        return GenerationResult(out.views[0].float().cpu(), out.representation, pre, cams, timings, manifest, self, kept)
 
     def _manifest(self, seed: int, timings: dict[str, float], pre, num_reconstructions: int) -> dict[str, Any]:
         if self.device.type == "cuda":
@@ -223,6 +230,8 @@ class ImageTo3DPipeline:
                 frames = self.render_turntable(result, turntable_cameras(result.cameras, out_cfg.video_frames))
                 files["video"] = write_video(frames, tmp / "turntable.mp4", fps=out_cfg.video_fps).name
                 timings["save.video"] = time.perf_counter() - start
+            for name, maps in result.intermediates.items():
+                save_grid(maps, tmp / "steps" / f"{name}.png", columns=out_cfg.grid_columns)
             self.recipe.save(tmp)
             files["recipe"] = "recipe.yaml"
             manifest = dict(result.manifest, timings_s=timings, files=files)
@@ -247,6 +256,19 @@ class ImageTo3DPipeline:
             render = rep.render(sub.to(rep_device(rep)), size, size, background=1.0)
             frames.append(render.rgb[0].float().clamp(0, 1).permute(0, 2, 3, 1).cpu())
         return torch.cat(frames)
+
+
+class MapRecorder:
+    """A step callback keeping the feedback maps of the first object at every step that
+    reconstructed (the maps the next step will see), on the CPU."""
+
+    def __init__(self, store: dict[str, torch.Tensor]):
+        self.store = store
+
+    def __call__(self, info: StepInfo) -> None:
+        if info.feedback:
+            for kind, maps in info.maps.items():
+                self.store[f"step{info.index:02d}_{kind}"] = maps[0].detach().float().clamp(0, 1).cpu()
 
 
 def rep_device(representation: Representation) -> torch.device:

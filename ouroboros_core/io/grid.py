@@ -58,6 +58,7 @@ def save_grid(
 ) -> Path:
     """Write :func:`make_grid` of ``views`` to ``path`` (format from the extension, PNG normally)."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp:
         Image.fromarray(make_grid(views, columns, padding, pad_value)).save(tmp)
     return path

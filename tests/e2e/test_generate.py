@@ -148,3 +148,15 @@ def test_cli_generate_user_errors(tmp_path, capsys):
     assert "--no-remove-background" in capsys.readouterr().err
     assert main(["generate", str(tmp_path / "missing.png"), "--recipe", "tiny"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_intermediate_feedback_maps_are_saved(pipe, tmp_path):
+    result = pipe(object_rgba(), seed=3, intermediates=True)
+    # 2 steps, both reconstruct; each keeps the maps the next step sees
+    assert sorted(result.intermediates) == ["step00_ccm", "step00_rgb", "step01_ccm", "step01_rgb"]
+    assert result.intermediates["step00_rgb"].shape == (8, 3, 64, 64)
+    folder = pipe.save(result, tmp_path / "obj")
+    saved = sorted(p.name for p in (folder / "steps").iterdir())
+    assert saved == ["step00_ccm.png", "step00_rgb.png", "step01_ccm.png", "step01_rgb.png"]
+    grid = np.asarray(Image.open(folder / "steps" / "step01_rgb.png"))
+    assert grid.shape == (2 * 64 + 6, 4 * 64 + 10, 3)
