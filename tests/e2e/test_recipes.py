@@ -56,3 +56,12 @@ def test_speed_knobs_run_the_tiny_recipe(knobs):
     pipe = ImageTo3DPipeline.from_recipe("tiny", FAST + knobs)
     result = pipe(object_rgba(), seed=0)
     assert result.views.shape == (8, 3, 64, 64) and torch.isfinite(result.views).all()
+
+
+def test_compile_flag_compiles_the_hot_modules_lazily():
+    pipe = ImageTo3DPipeline.from_recipe("tiny", FAST + ["compile=true"])
+    # nn.Module.compile() wraps the call lazily: nothing is compiled before the first call
+    compiled = {name for name, m in [("unet", pipe.generator.unet), ("vae", pipe.generator.vae), ("lgm", pipe.reconstructor.unet)] if m._compiled_call_impl is not None}
+    assert compiled == {"unet", "vae", "lgm"}
+    assert all(e._compiled_call_impl is not None for e in pipe.encoders)  # no targets named: the encoder itself
+    assert pipe.generator.image_encoder._compiled_call_impl is None
