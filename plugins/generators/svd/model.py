@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ouroboros_core.cameras import Cameras
 from ouroboros_core.edm import preconditioning
@@ -353,6 +354,11 @@ class SVDGenerator(MultiViewGenerator):
     def allowed_missing(self, state_dict: Any) -> set[str]:
         """VAE / CLIP keys may be absent when the file holds none of them (they come from the base)."""
         return svd_weights.base_keys_missing(self.state_dict().keys(), state_dict.keys())
+
+    def compile_targets(self) -> list[nn.Module]:
+        """What ``compile: true`` compiles: the UNet and the VAE (the hot loops); the hooks
+        on the UNet blocks stay in place."""
+        return [m for m in (self.unet, self.vae) if m is not None]
 
     def load_weights(self, source: str) -> None:
         """Load weights from a diffusers base (folder or hub id), or a checkpoint file.

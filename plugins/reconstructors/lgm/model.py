@@ -136,6 +136,10 @@ class LGMReconstructor(Reconstructor):
         rgb = 0.5 * torch.tanh(raw[..., 11:14]) + 0.5
         return torch.cat([pos, opacity, scale, quat, rgb], dim=-1)
 
+    def compile_targets(self) -> list[nn.Module]:
+        """What ``compile: true`` compiles: the U-Net (Gaussian activations and cameras stay eager)."""
+        return [self.unet]
+
     def forward(self, images: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | float | None = None) -> LGMGaussians:
         """Gaussians for ``images`` ``(B, V, 3, H, W)`` in [0, 1] seen by ``cameras`` (B, V).
 
