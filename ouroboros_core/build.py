@@ -81,11 +81,14 @@ def build_components(
     # takes long, and an offline user should learn at once what to download
     from .weights import check_available
 
-    for where, entry in [("generator", model.generator), ("reconstructor", model.reconstructor)] + [
-        (f"feedback.{i}", e) for i, e in enumerate(model.feedback)
-    ]:
+    entries = [("generator", model.generator, recipe.generator_config), ("reconstructor", model.reconstructor, recipe.reconstructor_config)]
+    entries += [(f"feedback.{i}", e, c) for i, (e, c) in enumerate(zip(model.feedback, recipe.feedback_configs))]
+    origin = recipe.source or "recipe"
+    for where, entry, config in entries:
         if entry.weights:
-            check_available(entry.weights, where=f"{recipe.source or 'recipe'}: {where}.weights")
+            check_available(entry.weights, where=f"{origin}: {where}.weights")
+        for source in config.weights_sources():
+            check_available(source, where=f"{origin}: {where}.config")
     torch.manual_seed(model.seed)  # random initialisation is reproducible too
     infos: list[ComponentInfo] = []
 

@@ -43,6 +43,11 @@ class ComponentConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
+    def weights_sources(self) -> list[str]:
+        """Weights the config itself names (besides the recipe's ``weights:``), e.g. a base
+        model, so that they are checked before anything is built."""
+        return []
+
 
 class GeneratorConfig(ComponentConfig):
     """What the framework needs to know about any multi-view generator config."""

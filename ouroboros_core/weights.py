@@ -186,10 +186,10 @@ def check_available(source: str | os.PathLike, where: str | None = None) -> None
         return
     if hub_reachable():
         return
-    what = f"{filename!r} of {repo!r}" if filename else f"the repository {repo!r}"
+    what = f"weights file {filename!r} of hub repository {repo!r}" if filename else f"hub repository {repo!r}"
     fetch = f"hf download {repo}" + (f" {filename}" if filename else "")
     raise WeightsError(
-        f"weights {what} are not in the local Hugging Face cache and the hub cannot be reached (offline)",
+        f"{what} is not in the local Hugging Face cache and the hub cannot be reached (offline)",
         hint=f"on a machine with internet run `{fetch}` and copy the cache ({constants.HF_HUB_CACHE}), "
         f"or download https://huggingface.co/{repo} and set weights: to the local file or folder",
         where=where,

@@ -244,7 +244,7 @@ def test_check_available_fails_fast_offline(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         check_available("owner/repo:model.safetensors", where="my.yaml: reconstructor.weights")
     text = str(info.value)
-    assert text.startswith("my.yaml: reconstructor.weights: weights 'model.safetensors' of 'owner/repo'")
+    assert text.startswith("my.yaml: reconstructor.weights: weights file 'model.safetensors' of hub repository 'owner/repo' is not")
     assert "hf download owner/repo model.safetensors" in text
     # a cached snapshot, or a local file, is enough
     snap = tmp_path / "hub" / "models--owner--repo" / "snapshots" / "abc"

@@ -5,6 +5,7 @@ modules generate."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import yaml
 
@@ -66,3 +67,17 @@ def test_official_format_files_load_through_a_recipe(tmp_path):
     assert torch.equal(ours.views, theirs.views)
     assert torch.equal(ours.representation.means, theirs.representation.means)
     assert ours.representation.raw_quaternions  # official rotation behaviour
+
+
+def test_offline_missing_base_is_reported_before_building(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    from ouroboros_core.errors import WeightsError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    (tmp_path / "mv.pth").write_bytes(b"")
+    recipe = load_recipe("tiny", ["generator.preset=tiny-official", f"generator.weights={tmp_path / 'mv.pth'}",
+                                  "generator.config.base_weights=stabilityai/stable-video-diffusion-img2vid"])
+    with pytest.raises(WeightsError, match=r"generator\.config: hub repository 'stabilityai/stable-video-diffusion-img2vid' is not in the local"):
+        build_components(recipe)

@@ -141,6 +141,9 @@ class SVDGeneratorConfig(GeneratorConfig):
     #: diffusers weight variant of the base ("fp16" for SVD img2vid; None: full precision files)
     variant: str | None = "fp16"
 
+    def weights_sources(self) -> list[str]:
+        return [self.base_weights] if self.base_weights else []
+
     # ------------------------------------------------------------------ derived values
     @property
     def latent_channels(self) -> int:
