@@ -104,7 +104,9 @@ def train(
     cfg = model.trainer
     run_dir = Path(output_dir or cfg.output_dir)
     device = resolve_device(model.device)
-    parts = build_components(recipe, device=device, dtype=torch.float32)  # fp32 master weights
+    # built on the CPU in fp32 (master weights); the accelerator places them on this
+    # process's device (cuda:<local rank> under `accelerate launch`)
+    parts = build_components(recipe, device=torch.device("cpu"), dtype=torch.float32)
     dataset = _dataset(recipe)
     loader = make_dataloader(dataset, cfg.batch_size, seed=model.seed)
     trainer = JointTrainer(
