@@ -1,5 +1,6 @@
 """The distribution ships every package folder, the shipped recipes, and no top-level `plugins`."""
 
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -30,8 +31,11 @@ def test_every_package_folder_is_declared():
 
 @pytest.mark.slow
 def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
+    # build from a copy of the source tree: setuptools leaves a build/ folder behind
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs"))
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
     )
     wheel = next(tmp_path.glob("ouroboros3d-*.whl"))
