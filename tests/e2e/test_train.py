@@ -68,3 +68,11 @@ def test_evaluate_scores_views_and_renders(tmp_path):
     assert 0 < result["mean"]["renders.psnr"] < 60
     assert "RANDOM trunk" in result["lpips"]
     assert json.loads((tmp_path / "metrics.json").read_text())["mean"] == result["mean"]
+
+
+def test_evaluate_command_prints_means(run_dir, tmp_path, capsys):
+    args = ["evaluate", "--recipe", str(run_dir / "trained.yaml"), "--limit", "1", "--lpips", "none", "-o", str(tmp_path / "m.json")]
+    assert main(args + ["--set", "sampler.steps=2"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["objects"] == 1 and printed["lpips"] is None
+    assert set(printed["mean"]) == {"views.psnr", "views.ssim", "renders.psnr", "renders.ssim"}
