@@ -1,5 +1,7 @@
 """The distribution ships every package folder, the shipped recipes, and no top-level `plugins`."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -46,3 +48,27 @@ def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[ouroboros3d]" in text and "ouroboros_plugins.reconstructors.lgm" in text
+
+
+@pytest.mark.slow
+def test_recipes_are_found_after_a_regular_install(tmp_path):
+    source = tmp_path / "src"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs"))
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(source)],
+        check=True,
+    )
+    shutil.rmtree(source)  # nothing may point back into the source tree
+    script = (
+        "import json, ouroboros_core; from ouroboros_core.recipe import list_recipes, load_recipe; "
+        "print(json.dumps({'core': ouroboros_core.__file__, 'recipes': {k: str(v) for k, v in list_recipes().items()}, "
+        "'tiny': load_recipe('tiny').generator_spec.name}))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(target)}
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
+    found = json.loads(out.stdout)
+    assert found["core"].startswith(str(target))
+    assert sorted(found["recipes"]) == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
+    assert all(path.startswith(str(target)) for path in found["recipes"].values())
+    assert found["tiny"] == "svd"
