@@ -71,6 +71,9 @@ class GaussianCloud(Representation):
     colors: torch.Tensor
     raw_quaternions: bool = False
     near_plane: float = 0.01
+    #: Gaussians below this opacity are left out of a saved .ply (LGM writes with 0.005);
+    #: the producer sets it, so ``save(path)`` writes what that model's own tools would
+    save_min_opacity: float = 0.0
 
     def __post_init__(self) -> None:
         if self.means.dim() != 3 or self.means.shape[-1] != 3:
@@ -190,12 +193,14 @@ class GaussianCloud(Representation):
         return RenderOutput(rgb=rgb, alpha=alpha, depth=expected_depth(acc_depth, alpha), accumulated_depth=acc_depth)
 
     # ------------------------------------------------------------------ files
-    def save(self, path: str | Path, index: int = 0, min_opacity: float = 0.0, full_3dgs_layout: bool = False) -> Path:
+    def save(self, path: str | Path, index: int = 0, min_opacity: float | None = None, full_3dgs_layout: bool = False) -> Path:
         """Write batch element ``index`` as a 3DGS ``.ply`` (layout in ``io/ply.py``).
 
-        Gaussians with opacity below ``min_opacity`` (LGM uses 0.005) and invisible ones
-        (opacity 0, e.g. the padding added by :meth:`prune`) are left out.
+        Gaussians with opacity below ``min_opacity`` (default: ``save_min_opacity``) and
+        invisible ones (opacity 0, e.g. the padding added by :meth:`prune`) are left out.
         """
+        if min_opacity is None:
+            min_opacity = self.save_min_opacity
         from .io.ply import write_gaussians_ply
 
         path = Path(path)

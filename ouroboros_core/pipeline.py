@@ -223,7 +223,7 @@ class ImageTo3DPipeline:
             if out_cfg.ply:
                 start = time.perf_counter()
                 rep = result.representation
-                files["model"] = rep.save(tmp / f"model{rep.file_suffix}", index=0, **self._save_kwargs(rep)).name
+                files["model"] = rep.save(tmp / f"model{rep.file_suffix}", index=0).name
                 timings["save.model"] = time.perf_counter() - start
             if out_cfg.video:
                 start = time.perf_counter()
@@ -237,13 +237,6 @@ class ImageTo3DPipeline:
             manifest = dict(result.manifest, timings_s=timings, files=files)
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         return folder
-
-    def _save_kwargs(self, representation: Representation) -> dict[str, Any]:
-        from .gaussians import GaussianCloud
-
-        if isinstance(representation, GaussianCloud):
-            return {"min_opacity": self.recipe.model.output.ply_opacity_threshold}
-        return {}
 
     @torch.no_grad()
     def render_turntable(self, result: GenerationResult, cameras: Cameras, chunk: int = 8) -> torch.Tensor:

@@ -167,9 +167,9 @@ class OutputConfig(_Section):
     border_ratio: float = Field(0.2, ge=0, lt=1)
     save_views: bool = True
     grid_columns: int = 4
-    #: write the 3D model (model.ply for Gaussians, model.glb for meshes)
+    #: write the 3D model (model.ply for Gaussians, model.glb for meshes; which faint
+    #: Gaussians a .ply leaves out is the reconstructor's setting, e.g. lgm's ply_opacity_threshold)
     ply: bool = True
-    ply_opacity_threshold: float = 0.005
     video: bool = True
     video_frames: int = 60
     video_fps: int = 30

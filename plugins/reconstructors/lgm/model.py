@@ -9,8 +9,6 @@ pixel becomes one Gaussian (index = view * S^2 + row * S + col) after LGM's acti
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Mapping
 
 import torch
@@ -33,18 +31,6 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 #: channels per Gaussian: xyz, opacity, scale (3), quaternion wxyz (4), rgb
 GAUSSIAN_CHANNELS = 14
-
-
-@dataclass(eq=False)
-class LGMGaussians(GaussianCloud):
-    """A GaussianCloud that writes its .ply as LGM does: Gaussians below ``ply_min_opacity``
-    (LGM: 0.005) are dropped unless ``save`` is given another threshold."""
-
-    ply_min_opacity: float = 0.005
-
-    def save(self, path: str | Path, index: int = 0, min_opacity: float | None = None, full_3dgs_layout: bool = False) -> Path:
-        threshold = self.ply_min_opacity if min_opacity is None else min_opacity
-        return super().save(path, index, min_opacity=threshold, full_3dgs_layout=full_3dgs_layout)
 
 
 class LGMReconstructor(Reconstructor):
@@ -140,7 +126,7 @@ class LGMReconstructor(Reconstructor):
         """What ``compile: true`` compiles: the U-Net (Gaussian activations and cameras stay eager)."""
         return [self.unet]
 
-    def forward(self, images: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | float | None = None) -> LGMGaussians:
+    def forward(self, images: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | float | None = None) -> GaussianCloud:
         """Gaussians for ``images`` ``(B, V, 3, H, W)`` in [0, 1] seen by ``cameras`` (B, V).
 
         ``sigma`` ``(B,)`` (or one value) is the EDM noise level of the views; ``None`` or 0
@@ -148,7 +134,7 @@ class LGMReconstructor(Reconstructor):
         """
         x = self.network_input(images, cameras)
         params = self.gaussian_params(x, self.time_values(sigma, x.shape[0], x.device))
-        return LGMGaussians(
+        return GaussianCloud(
             means=params[..., 0:3],
             quats=params[..., 7:11],
             scales=params[..., 4:7],
@@ -156,10 +142,10 @@ class LGMReconstructor(Reconstructor):
             colors=params[..., 11:14],
             raw_quaternions=self.config.rotation == "official",
             near_plane=self.config.near_plane,
-            ply_min_opacity=self.config.ply_opacity_threshold,
+            save_min_opacity=self.config.ply_opacity_threshold,
         )
 
-    def reconstruct(self, images: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | None = None) -> LGMGaussians:
+    def reconstruct(self, images: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | None = None) -> GaussianCloud:
         return self(images, cameras, sigma)
 
     def _dtype(self) -> torch.dtype:
