@@ -19,8 +19,8 @@ import torch
 
 from ouroboros_core.pipeline import ImageTo3DPipeline
 from ouroboros_core.recipe import load_recipe
+from ouroboros_core.sampler import STAGES
 
-STAGES = ("prepare", "denoise", "decode", "reconstruct", "render", "encode")
 
 
 def test_image(size: int = 256) -> np.ndarray:

@@ -20,11 +20,13 @@ import time
 
 import torch
 
+from ouroboros_core.build import DTYPES
 from ouroboros_core.cameras import Cameras
 from ouroboros_core.gaussians import gsplat_available
+from ouroboros_core.interfaces import encode_feedback
 from ouroboros_core.registry import get_registry
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+HALF = ("fp16", "bf16")
 
 
 def timed(fn, repeats: int, device: torch.device) -> float:
@@ -68,61 +70,59 @@ def check_renderers(args, device: torch.device) -> None:
 
 
 def time_lgm(args, device: torch.device) -> None:
+    for dtype_name in args.dtypes:  # one model per dtype, freed before the next is built
+        _time_lgm(args, device, DTYPES[dtype_name], dtype_name)
+
+
+def _time_lgm(args, device: torch.device, dtype: torch.dtype, dtype_name: str) -> None:
+    torch.manual_seed(0)
     spec = get_registry().get("reconstructor", "lgm")
-    for dtype_name in args.dtypes:
-        torch.manual_seed(0)
-        lgm = spec.build(preset="tiny" if args.tiny else "official").to(device=device, dtype=DTYPES[dtype_name]).eval()
-        size = lgm.config.input_size
-        views = torch.rand(1, 4, 3, size, size, device=device, dtype=DTYPES[dtype_name])
-        cams = Cameras.official(device=device).select_views(lgm.config.input_views)
-        sigma = torch.tensor([1.0], device=device)
-        with torch.no_grad():
-            t = timed(lambda: lgm.reconstruct(views, cams, sigma), args.repeats, device)
-        print(f"[lgm {'tiny' if args.tiny else 'official/big'}] batch 1, 4 views {size}^2, {dtype_name}: {t:.4f} s")
-        del lgm
+    lgm = spec.build(preset="tiny" if args.tiny else "official").to(device=device, dtype=dtype).eval()
+    size = lgm.config.input_size
+    views = torch.rand(1, 4, 3, size, size, device=device, dtype=dtype)
+    cams = Cameras.official(device=device).select_views(lgm.config.input_views)
+    sigma = torch.tensor([1.0], device=device)
+    with torch.no_grad():
+        t = timed(lambda: lgm.reconstruct(views, cams, sigma), args.repeats, device)
+    print(f"[lgm {'tiny' if args.tiny else 'official/big'}] batch 1, 4 views {size}^2, {dtype_name}: {t:.4f} s")
 
 
 def time_svd(args, device: torch.device) -> None:
+    for dtype_name in args.dtypes:
+        _time_svd(args, device, DTYPES[dtype_name], dtype_name)
+
+
+def _time_svd(args, device: torch.device, dtype: torch.dtype, dtype_name: str) -> None:
     registry = get_registry()
     gen_spec, enc_spec = registry.get("generator", "svd"), registry.get("feedback", "adapter")
-    for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
-        torch.manual_seed(0)
-        preset = "tiny-official" if args.tiny else "official"
-        config = gen_spec.make_config({"base_weights": None}, preset)
-        gen = gen_spec.build(config).to(device=device, dtype=dtype).eval()
-        encoders = [
-            enc_spec.build({"map_kind": kind}, "tiny" if args.tiny else "official").to(device=device, dtype=dtype).eval()
-            for kind in ("rgb", "ccm")
-        ]
-        S = gen.image_size
-        cams = Cameras.official(device=device)
-        with torch.no_grad():
-            ctx = gen.prepare(torch.rand(1, 3, S, S, device=device, dtype=dtype), cams)
-            x = torch.randn(ctx.latent_shape, device=device, dtype=dtype)
-            sigma = torch.tensor([10.0], device=device)
-            maps = torch.rand(1, 8, 3, S, S, device=device, dtype=dtype)
-
-            def with_feedback():
-                feats = [a + b for a, b in zip(encoders[0](maps), encoders[1](maps))]
-                return gen.denoise(x, sigma, ctx, feats)
-
-            plain = timed(lambda: gen.denoise(x, sigma, ctx, None), args.repeats, device)
-            fed = timed(with_feedback, args.repeats, device)
-            decode = timed(lambda: gen.decode(x), args.repeats, device)
-        peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-        print(
-            f"[svd {preset}] 8 views, latents {tuple(x.shape[-2:])}, {dtype_name}: denoise (CFG batch) {plain:.4f} s, "
-            f"with 2 feedback encoders {fed:.4f} s, VAE decode of 8 frames {decode:.4f} s{peak}"
-        )
-        del gen, encoders
+    torch.manual_seed(0)
+    preset = "tiny-official" if args.tiny else "official"
+    gen = gen_spec.build(gen_spec.make_config({"base_weights": None}, preset)).to(device=device, dtype=dtype).eval()
+    encoders = [
+        enc_spec.build({"map_kind": kind}, "tiny" if args.tiny else "official").to(device=device, dtype=dtype).eval()
+        for kind in ("rgb", "ccm")
+    ]
+    S = gen.image_size
+    with torch.no_grad():
+        ctx = gen.prepare(torch.rand(1, 3, S, S, device=device, dtype=dtype), Cameras.official(device=device))
+        x = torch.randn(ctx.latent_shape, device=device, dtype=dtype)
+        sigma = torch.tensor([10.0], device=device)
+        maps = {kind: torch.rand(1, 8, 3, S, S, device=device, dtype=dtype) for kind in ("rgb", "ccm")}
+        plain = timed(lambda: gen.denoise(x, sigma, ctx, None), args.repeats, device)
+        fed = timed(lambda: gen.denoise(x, sigma, ctx, encode_feedback(encoders, maps)), args.repeats, device)
+        decode = timed(lambda: gen.decode(x), args.repeats, device)
+    peak = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
+    print(
+        f"[svd {preset}] 8 views, latents {tuple(x.shape[-2:])}, {dtype_name}: denoise (CFG batch) {plain:.4f} s, "
+        f"with 2 feedback encoders {fed:.4f} s, VAE decode of 8 frames {decode:.4f} s{peak}"
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tiny", action="store_true", help="tiny presets (smoke test of this script)")
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"], choices=sorted(DTYPES))
+    parser.add_argument("--dtypes", nargs="+", default=["bf16", "fp16"], choices=HALF)
     parser.add_argument("--only", nargs="+", default=["render", "lgm", "svd"], choices=["render", "lgm", "svd"])
     args = parser.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -237,14 +237,18 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_generate)
 
 
-
 # ---------------------------------------------------------------------- train / evaluate
-def _train(args: argparse.Namespace) -> int:
+def _recipe_with_device(args: argparse.Namespace):
+    """The recipe of ``--recipe`` with ``--set`` overrides and ``--device`` applied."""
     from .recipe import load_recipe
+
+    return load_recipe(args.recipe, list(args.overrides) + ([f"device={args.device}"] if args.device else []))
+
+
+def _train(args: argparse.Namespace) -> int:
     from .runs import train
 
-    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    recipe = load_recipe(args.recipe, overrides)
+    recipe = _recipe_with_device(args)
     run_dir = train(recipe, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
     print(f"trained -> {run_dir} (generate with: ouroboros3d generate IMAGE --recipe {run_dir / 'trained.yaml'})")
     return 0
@@ -262,11 +266,9 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .recipe import load_recipe
     from .runs import evaluate
 
-    overrides = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
-    recipe = load_recipe(args.recipe, overrides)
+    recipe = _recipe_with_device(args)
     lpips_net = None if args.lpips == "none" else args.lpips
     result = evaluate(recipe, args.limit, args.output, lpips_net, args.lpips_random_trunk)
     print(json.dumps({"objects": result["objects"], "mean": result["mean"], "lpips": result["lpips"]}, indent=2))

@@ -61,30 +61,12 @@ def gsplat_arguments(
     }
 
 
-def rasterize_gaussians_gsplat(
-    means: torch.Tensor,
-    quats: torch.Tensor | None,
-    scales: torch.Tensor | None,
-    opacities: torch.Tensor,
-    colors: torch.Tensor,
-    viewmats: torch.Tensor,
-    Ks: torch.Tensor,
-    width: int,
-    height: int,
-    near_plane: float = 0.01,
-    far_plane: float = 1e10,
-    eps2d: float = 0.3,
-    backgrounds: torch.Tensor | None = None,
-    covars: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Same contract as :func:`ouroboros_core.render_torch.rasterize_gaussians`: returns
-    ``colors (..., C, H, W, D)``, ``alphas (..., C, H, W, 1)`` and the accumulated depth
-    ``(..., C, H, W, 1)``."""
+def rasterize_gaussians_gsplat(*args: Any, **kwargs: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Same arguments as :func:`gsplat_arguments` and same contract as
+    :func:`ouroboros_core.render_torch.rasterize_gaussians`: returns ``colors (..., C, H, W, D)``,
+    ``alphas (..., C, H, W, 1)`` and the accumulated depth ``(..., C, H, W, 1)``."""
     import gsplat
 
-    kwargs = gsplat_arguments(
-        means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane, far_plane, eps2d, backgrounds, covars
-    )
     # in "RGB+D" mode gsplat appends the depth channel (with a zero background) itself
-    rendered, alphas, _ = gsplat.rasterization(**kwargs)
+    rendered, alphas, _ = gsplat.rasterization(**gsplat_arguments(*args, **kwargs))
     return rendered[..., :-1], alphas, rendered[..., -1:]
