@@ -226,11 +226,12 @@ class RecursiveSampler:
                 views = self._views_for_reconstruction(x0, timer)
                 representation = self._reconstruct(views, cameras, sigma_b, timer)
                 num_recon += 1
-                with timer("render"):
-                    out = representation.render(cameras, size, size, background=self.maps_config.rgb_background)
-                    if self.map_kinds:
-                        maps = feedback_maps(out, cameras, self.map_kinds, self.maps_config)
-                        maps_changed = True
+                if self.map_kinds or cfg.mode == "resample":  # nothing reads the renders otherwise
+                    with timer("render"):
+                        out = representation.render(cameras, size, size, background=self.maps_config.rgb_background)
+                        if self.map_kinds:
+                            maps = feedback_maps(out, cameras, self.map_kinds, self.maps_config)
+                            maps_changed = True
                 if cfg.mode == "resample":
                     with timer("encode"):
                         rendered = gen.encode(out.rgb.clamp(0, 1).to(x0.dtype))
