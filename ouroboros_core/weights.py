@@ -77,6 +77,17 @@ def allowed_missing_for(module: nn.Module, state_dict: Mapping[str, torch.Tensor
 
 
 # ----------------------------------------------------------------------------- finding files
+def parse_hub_id(text: str) -> tuple[str, str | None] | None:
+    """``(repo, filename)`` of ``owner/name[:file]``; ``None`` for text that is (or looks like)
+    a local path: it starts with ``.``, ``/`` or ``~``, or is ``a/b.pth`` without a colon."""
+    match = _HUB_ID.match(text)
+    if match is None or text.startswith((".", "/", "~")):
+        return None
+    if match.group("filename") is None and text.endswith(WEIGHT_SUFFIXES):
+        return None
+    return match.group("repo"), match.group("filename")
+
+
 def resolve_weights(source: str | os.PathLike, default_filename: str | None = None) -> Path:
     """Turn a recipe's ``weights:`` value into a local file path (see module doc).
 
@@ -93,13 +104,10 @@ def resolve_weights(source: str | os.PathLike, default_filename: str | None = No
         return path
     if path.is_dir():
         return _file_in_folder(path, default_filename)
-    match = _HUB_ID.match(text)
-    looks_local = text.startswith((".", "/", "~")) or (match is None) or (
-        match.group("filename") is None and text.endswith(WEIGHT_SUFFIXES)
-    )
-    if looks_local:
+    hub = parse_hub_id(text)
+    if hub is None:
         raise WeightsError(f"weights file or folder not found: {path}", hint="check the path, or give a hub id like owner/name:file.safetensors")
-    repo, filename = match.group("repo"), match.group("filename") or default_filename
+    repo, filename = hub[0], hub[1] or default_filename
     if not filename:
         raise WeightsError(
             f"hub id {repo!r} names no file and this component has no default file name",
@@ -173,14 +181,14 @@ def check_available(source: str | os.PathLike, where: str | None = None) -> None
     text = str(source).strip()
     if Path(text).expanduser().exists():
         return
-    match = _HUB_ID.match(text)
-    if match is None or text.startswith((".", "/", "~")):
+    hub = parse_hub_id(text)
+    if hub is None:
         raise WeightsError(
             f"weights file or folder not found: {text}",
             hint="check the path, or give a hub id like owner/name:file.safetensors",
             where=where,
         )
-    repo, filename = match.group("repo"), match.group("filename")
+    repo, filename = hub
     cached = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
     if cached.is_dir() and (filename is None or any(cached.glob(f"snapshots/*/{filename}"))):
         return

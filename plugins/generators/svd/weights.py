@@ -21,7 +21,6 @@ Every load is strict: a missing, unexpected or mis-shaped key is a
 from __future__ import annotations
 
 import os
-import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
@@ -30,7 +29,7 @@ import torch
 from torch import nn
 
 from ouroboros_core.errors import WeightsError
-from ouroboros_core.weights import WEIGHT_SUFFIXES, load_strict, read_state_dict, resolve_weights
+from ouroboros_core.weights import load_strict, parse_hub_id, read_state_dict, resolve_weights
 
 if TYPE_CHECKING:
     from .model import SVDGenerator
@@ -50,7 +49,6 @@ OFFICIAL_KEY_MAP: dict[str, str | None] = {
 BASE_GROUPS = ("vae.", "image_encoder.")
 CAMERA_FILENAME = "camera.safetensors"
 CONFIG_FILENAME = "ouroboros_svd.json"
-_BARE_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def to_generator_keys(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -84,6 +82,12 @@ def official_state_dict(generator: "SVDGenerator", encoders: Sequence[nn.Module]
 
 
 # ---------------------------------------------------------------------- loading
+def _is_repo_id(text: str) -> bool:
+    """A bare ``owner/name`` (a diffusers repository), not ``owner/name:file`` nor a path."""
+    hub = parse_hub_id(text)
+    return hub is not None and hub[1] is None
+
+
 def load_generator_weights(generator: "SVDGenerator", source: str | os.PathLike) -> None:
     """Load ``source`` into ``generator`` (see module docstring for what it may be)."""
     text = str(source).strip()
@@ -92,7 +96,7 @@ def load_generator_weights(generator: "SVDGenerator", source: str | os.PathLike)
         _load_diffusers(generator, str(path), local=True)
         _load_camera_file(generator, path / CAMERA_FILENAME)
         return
-    if not path.exists() and _BARE_HUB_ID.match(text) and not text.endswith(WEIGHT_SUFFIXES):
+    if not path.exists() and _is_repo_id(text):
         _load_diffusers(generator, text, local=False)
         return
     file = resolve_weights(text, default_filename=OFFICIAL_FILENAME)
@@ -115,7 +119,7 @@ def _load_base(generator: "SVDGenerator", base: str) -> None:
     path = Path(base).expanduser()
     if path.is_dir() and (path / "unet").is_dir():
         _load_diffusers(generator, str(path), local=True)
-    elif not path.exists() and _BARE_HUB_ID.match(base):
+    elif not path.exists() and _is_repo_id(base):
         _load_diffusers(generator, base, local=False)
     else:
         raise WeightsError(
