@@ -370,6 +370,13 @@ def load_strict(
     return diff
 
 
+def load_file(module: nn.Module, path: str | os.PathLike) -> KeyDiff:
+    """Read ``path``, apply the module's key conversion and load strictly (the module's
+    ``allowed_missing`` keys may be absent). The usual body of a ``load_weights`` method."""
+    state_dict = convert_for(module, read_state_dict(path))
+    return load_strict(module, state_dict, allowed_missing_for(module, state_dict), source=path)
+
+
 # ----------------------------------------------------------------------------- reports
 @dataclass
 class WeightsReport:

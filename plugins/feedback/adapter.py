@@ -21,7 +21,7 @@ from torch import nn
 
 from ouroboros_core.errors import InputError, WeightsError
 from ouroboros_core.interfaces import FeedbackEncoder
-from ouroboros_core.weights import load_strict, read_state_dict, resolve_weights
+from ouroboros_core.weights import load_file, resolve_weights
 
 from .config import AdapterConfig
 
@@ -124,6 +124,4 @@ class AdapterEncoder(FeedbackEncoder):
     def load_weights(self, source: str) -> None:
         """Strictly load a file (local, folder, or ``owner/name[:file]`` on the hub; the
         default file name is the published ``mv_model_unet.pth``)."""
-        path = resolve_weights(source, default_filename=OFFICIAL_FILENAME)
-        state_dict = self.convert_state_dict(read_state_dict(path))
-        load_strict(self, state_dict, allow_missing=self.allowed_missing(state_dict), source=path)
+        load_file(self, resolve_weights(source, default_filename=OFFICIAL_FILENAME))

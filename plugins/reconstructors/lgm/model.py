@@ -19,7 +19,7 @@ from ouroboros_core.cameras import Cameras, plucker_rays
 from ouroboros_core.errors import InputError, WeightsError
 from ouroboros_core.gaussians import GaussianCloud
 from ouroboros_core.interfaces import Reconstructor
-from ouroboros_core.weights import load_strict, read_state_dict, resolve_weights
+from ouroboros_core.weights import load_file, resolve_weights
 
 from .checkpoints import TRAINED_ROTATION, default_filename, has_time_layers, is_time_key
 from .config import LGMConfig
@@ -186,8 +186,7 @@ class LGMReconstructor(Reconstructor):
                 hint=f"set rotation: {trained}" + (" or use model_fp16_fixrot.safetensors" if path.name == "model_fp16.safetensors" else ""),
                 where=str(path),
             )
-        state_dict = self.convert_state_dict(read_state_dict(path))
-        diff = load_strict(self, state_dict, self.allowed_missing(state_dict), source=path)
+        diff = load_file(self, path)
         if diff.allowed_missing:
             log.info(
                 "%s has no time-conditioning layers: %d time tensors keep their zero initialisation, "
