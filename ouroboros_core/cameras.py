@@ -150,7 +150,7 @@ class Cameras:
         az, el = torch.deg2rad(az), torch.deg2rad(el)
         pos = radius * torch.stack([torch.cos(el) * torch.sin(az), torch.sin(el), torch.cos(el) * torch.cos(az)], -1)
         c2w = look_at(pos, torch.zeros_like(pos))
-        f = 0.5 / math.tan(math.radians(fov_deg) / 2)
+        f = focal_from_fov(math.radians(fov_deg))
         K = torch.tensor([[f, 0, 0.5], [0, f, 0.5], [0, 0, 1]], dtype=torch.float64).expand(len(az), 3, 3)
         c2w = c2w.unsqueeze(0).expand(batch_size, -1, -1, -1)
         K = K.unsqueeze(0).expand(batch_size, -1, -1, -1)
@@ -168,6 +168,11 @@ class Cameras:
 
 
 # -------------------------------------------------------------------- functions on tensors
+def focal_from_fov(fov: float) -> float:
+    """Normalised focal length ``0.5 / tan(fov / 2)`` for a field of view in radians."""
+    return 0.5 / math.tan(fov / 2)
+
+
 def rigid_inverse(m: torch.Tensor) -> torch.Tensor:
     """Inverse of rigid 4x4 transforms ``(..., 4, 4)``."""
     R = m[..., :3, :3]

@@ -21,7 +21,6 @@ Images are resized (bicubic) and composited on the background; alpha is kept sep
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ..cameras import Cameras
+from ..cameras import Cameras, focal_from_fov
 from ..errors import InputError, RecipeError
 from ..recipe import DataConfig
 
@@ -54,11 +53,6 @@ def canonicalize_poses(c2w: torch.Tensor) -> torch.Tensor:
     S = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=c2w.dtype))
     S[2, 3] = d0
     return S @ torch.linalg.inv(c2w[0]) @ c2w
-
-
-def focal_from_fov(fov: float) -> float:
-    """Normalised focal length ``0.5 / tan(fov / 2)`` for a field of view in radians."""
-    return 0.5 / math.tan(fov / 2)
 
 
 def load_rgba(path: Path, size: int, background: float) -> tuple[torch.Tensor, torch.Tensor]:
