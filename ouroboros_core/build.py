@@ -85,10 +85,10 @@ def build_components(
     entries += [(f"feedback.{i}", e, c) for i, (e, c) in enumerate(zip(model.feedback, recipe.feedback_configs))]
     origin = recipe.source or "recipe"
     for where, entry, config in entries:
-        if entry.weights:
+        if entry.weights:  # config-named sources (a base model) only matter when loading
             check_available(entry.weights, where=f"{origin}: {where}.weights")
-        for source in config.weights_sources():
-            check_available(source, where=f"{origin}: {where}.config")
+            for source in config.weights_sources():
+                check_available(source, where=f"{origin}: {where}.config")
     torch.manual_seed(model.seed)  # random initialisation is reproducible too
     infos: list[ComponentInfo] = []
 

@@ -81,3 +81,12 @@ def test_offline_missing_base_is_reported_before_building(tmp_path, monkeypatch)
                                   "generator.config.base_weights=stabilityai/stable-video-diffusion-img2vid"])
     with pytest.raises(WeightsError, match=r"generator\.config: hub repository 'stabilityai/stable-video-diffusion-img2vid' is not in the local"):
         build_components(recipe)
+
+
+def test_random_init_needs_no_base_weights_offline(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    recipe = load_recipe("tiny", ["generator.preset=tiny-official", "generator.config.base_weights=stabilityai/stable-video-diffusion-img2vid"])
+    assert build_components(recipe).random_init == ["svd", "lgm", "adapter", "adapter"]
