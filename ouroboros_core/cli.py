@@ -6,7 +6,8 @@ parsed arguments and returning the exit code) with ``parser.set_defaults``. Comm
 torch import it inside their ``func``, so ``--help`` and ``plugins list`` stay fast.
 
 Exit codes: 0 success, 1 a check found problems, 2 a user error (printed as one line
-``error: ...``; the traceback only with ``--debug``).
+``error: ...``; the traceback only with ``--debug``), 130 interrupted (Ctrl-C, printed as
+``interrupted``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from . import __version__
 from .errors import UserError
 
 AddArguments = Callable[[argparse.ArgumentParser], None]
+#: exit code after Ctrl-C (128 + SIGINT, what shells report)
+EXIT_INTERRUPTED = 130
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
@@ -192,28 +195,49 @@ def _output_folders(images: Sequence[str], out_dir: Path) -> list[Path]:
     return folders
 
 
-def _generate(args: argparse.Namespace) -> int:
+def _check_input_paths(images: Sequence[str]) -> None:
     from .errors import InputError
-    from .pipeline import ImageTo3DPipeline
 
-    missing = [image for image in args.images if not Path(image).is_file()]
-    if missing:
-        raise InputError("input image not found", where=missing[0], hint="check the path")
+    for image in images:
+        path = Path(image)
+        if path.is_dir():
+            raise InputError("is a folder, not an image file", where=image, hint="give image files (several may be listed, e.g. folder/*.png)")
+        if not path.is_file():
+            raise InputError("input image not found", where=image, hint="check the path")
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from .io.atomic import check_result_dir
+    from .io.images import preprocess
+    from .pipeline import RESULT_FILES, ImageTo3DPipeline
+    from .recipe import load_recipe
+
+    # everything that can be checked is checked before any model loads: the recipe, every
+    # input image, every output folder; a full-size model takes long to load
+    _check_input_paths(args.images)
     overrides = list(args.overrides)
     if args.steps is not None:
         overrides.append(f"sampler.steps={args.steps}")
     if args.seed is not None:
         overrides.append(f"seed={args.seed}")
-    pipe = ImageTo3DPipeline.from_recipe(args.recipe, overrides, device=args.device, dtype=args.dtype)
+    if args.device is not None:
+        overrides.append(f"device={args.device}")
+    if args.dtype is not None:
+        overrides.append(f"dtype={args.dtype}")
+    recipe = load_recipe(args.recipe, overrides)
+    folders = _output_folders(args.images, Path(args.output or recipe.model.output.dir))
+    for folder in folders:
+        check_result_dir(folder, args.overwrite, RESULT_FILES)
+    background = "as-is" if args.no_remove_background else "auto"
+    size, border = recipe.generator_config.image_size, recipe.model.output.border_ratio
+    inputs = [preprocess(image, size, border, background) for image in args.images]
+    pipe = ImageTo3DPipeline.from_recipe(recipe)
     random = [c.name for c in pipe.components if c.random_init]
     if random:
         print(f"note: {', '.join(random)} use RANDOM weights (no weights in the recipe): outputs are not meaningful", file=sys.stderr)
-    out_dir = Path(args.output or pipe.recipe.model.output.dir)
-    background = "as-is" if args.no_remove_background else "auto"
-    inputs = [pipe.preprocess(image, background) for image in args.images]  # all inputs are usable first
-    for image, pre, folder in zip(args.images, inputs, _output_folders(args.images, out_dir)):
+    for image, pre, folder in zip(args.images, inputs, folders):
         result = pipe(pre, progress=not args.quiet, intermediates=args.save_intermediates)
-        pipe.save(result, folder)
+        pipe.save(result, folder, overwrite=args.overwrite)
         print(f"{image} -> {folder} ({result.timings['total']:.1f} s)")
     return 0
 
@@ -222,6 +246,11 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("images", nargs="+", help="input images (RGBA uses its alpha; RGB needs rembg or --no-remove-background)")
     parser.add_argument("--recipe", default="svd-lgm", help="shipped recipe name or .yaml file (default: svd-lgm)")
     parser.add_argument("-o", "--output", default=None, help="output folder (default: the recipe's output.dir)")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="write into an existing, non-empty result folder: replaces only the files generate writes, keeps all others",
+    )
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (sampler.steps)")
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto")
@@ -326,6 +355,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Ctrl-C: every writer cleans up its temporary files on the way out (io/atomic.py),
+        # so nothing complete-looking is left; a training run keeps its last checkpoint
+        if args.debug:
+            traceback.print_exc()
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

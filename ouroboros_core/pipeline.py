@@ -31,6 +31,22 @@ from .recipe import Recipe, load_recipe
 from .sampler import Callback, ProgressBar, RecursiveSampler, StepInfo
 
 
+#: The files ``save`` writes into an output folder (glob patterns, relative to it): the only
+#: files ``overwrite=True`` ever deletes or replaces there.
+RESULT_FILES: tuple[str, ...] = (
+    "input.png",
+    "views.png",
+    "views/view_*.png",
+    "model.ply",
+    "model.glb",
+    "turntable.mp4",
+    "turntable.gif",
+    "recipe.yaml",
+    "manifest.json",
+    "steps/step*_*.png",
+)
+
+
 @dataclass
 class GenerationResult:
     """One generated object.
@@ -49,11 +65,11 @@ class GenerationResult:
     #: per-step feedback maps ("step03_rgb" -> (V, 3, H, W)) when asked for
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
 
-    def save(self, folder: str | Path) -> Path:
+    def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write every output into ``folder`` atomically (see :meth:`ImageTo3DPipeline.save`)."""
         if self.pipeline is None:
             raise ValueError("this result has no pipeline to save it with")
-        return self.pipeline.save(self, folder)
+        return self.pipeline.save(self, folder, overwrite)
 
 
 class ImageTo3DPipeline:
@@ -138,7 +154,8 @@ class ImageTo3DPipeline:
         """Load, segment, recentre and resize an input for this pipeline's generator."""
         from .io.images import preprocess
 
-        return preprocess(image, self.generator.image_size, self.recipe.model.output.border_ratio, background)
+        output = self.recipe.model.output
+        return preprocess(image, self.generator.image_size, output.border_ratio, background, recentre_object=output.recentre)
 
     @torch.no_grad()
     def __call__(
@@ -203,18 +220,24 @@ class ImageTo3DPipeline:
         }
 
     # ------------------------------------------------------------------ saving
-    def save(self, result: GenerationResult, folder: str | Path) -> Path:
+    def save(self, result: GenerationResult, folder: str | Path, overwrite: bool = False) -> Path:
         """Write input.png, views/*.png, views.png, the 3D model (model.ply, or model.glb for a
-        mesh), turntable video, recipe.yaml and manifest.json into ``folder``. Everything is written into a temporary folder that is
-        renamed into place at the end, so an interrupted run leaves nothing complete-looking."""
-        from .io.atomic import atomic_output_dir
+        mesh), turntable video, recipe.yaml and manifest.json into ``folder``.
+
+        Everything is written into a temporary folder first, so an interrupted run leaves
+        nothing complete-looking. A ``folder`` that exists and is not empty is refused
+        (:class:`~ouroboros_core.errors.UserError`) unless ``overwrite``, which replaces only
+        the files listed in :data:`RESULT_FILES` and keeps every other file
+        (``manifest.json`` is written last).
+        """
+        from .io.atomic import atomic_result_dir
         from .io.grid import save_grid, save_views
         from .io.video import turntable_cameras, write_video
 
         out_cfg = self.recipe.model.output
         folder = Path(folder)
         timings = dict(result.timings)
-        with atomic_output_dir(folder) as tmp:
+        with atomic_result_dir(folder, RESULT_FILES, overwrite, marker="manifest.json") as tmp:
             result.input.save_input(tmp / "input.png")
             if out_cfg.save_views:
                 save_views(result.views, tmp / "views")

@@ -160,3 +160,99 @@ def test_intermediate_feedback_maps_are_saved(pipe, tmp_path):
     assert saved == ["step00_ccm.png", "step00_rgb.png", "step01_ccm.png", "step01_rgb.png"]
     grid = np.asarray(Image.open(folder / "steps" / "step01_rgb.png"))
     assert grid.shape == (2 * 64 + 6, 4 * 64 + 10, 3)
+
+
+# ---------------------------------------------------------------- fault paths of the command
+FAST_ARGS = ["--recipe", "tiny", "-q"] + [a for s in FAST for a in ("--set", s)]
+
+
+@pytest.fixture
+def no_model_loading(monkeypatch):
+    """Fail the test if the command gets as far as building the models."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("models were loaded before the error was found")
+
+    monkeypatch.setattr(ImageTo3DPipeline, "from_recipe", classmethod(refuse))
+
+
+def _error_lines(capsys) -> list[str]:
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
+def test_cli_never_deletes_foreign_files_in_an_existing_output_folder(tmp_path, capsys, monkeypatch):
+    image = tmp_path / "shapes.png"
+    Image.fromarray(object_rgba()).save(image)
+    out = tmp_path / "out"
+    assert main(["generate", str(image), "-o", str(out), "--seed", "1"] + FAST_ARGS) == 0
+    folder = out / "shapes"
+    (folder / "notes.txt").write_text("my notes")
+    (folder / "views" / "retouched.png").write_bytes(b"mine")
+    before = (folder / "manifest.json").read_text()
+    capsys.readouterr()
+
+    with monkeypatch.context() as m:  # refused before any model loads, nothing touched
+        m.setattr(ImageTo3DPipeline, "from_recipe", classmethod(lambda *a, **k: pytest.fail("models loaded")))
+        assert main(["generate", str(image), "-o", str(out), "--seed", "2"] + FAST_ARGS) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and str(folder) in errors[0] and "notes.txt" in errors[0] and "--overwrite" in errors[0]
+    assert (folder / "notes.txt").read_text() == "my notes" and (folder / "manifest.json").read_text() == before
+
+    assert main(["generate", str(image), "-o", str(out), "--seed", "2", "--overwrite"] + FAST_ARGS) == 0
+    assert (folder / "notes.txt").read_text() == "my notes"
+    assert (folder / "views" / "retouched.png").read_bytes() == b"mine"
+    assert json.loads((folder / "manifest.json").read_text())["seed"] == 2  # our own files were replaced
+    assert len(list((folder / "views").glob("view_*.png"))) == 8
+    assert sorted(p.name for p in out.iterdir()) == ["shapes"]  # no temporary folders left
+
+
+@pytest.mark.parametrize("where", ["somefile", "somefile/sub"])
+def test_cli_output_under_a_file_fails_before_models_load(tmp_path, capsys, no_model_loading, where):
+    image = tmp_path / "shapes.png"
+    Image.fromarray(object_rgba()).save(image)
+    (tmp_path / "somefile").write_text("not a folder")
+    assert main(["generate", str(image), "-o", str(tmp_path / where)] + FAST_ARGS) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and str(tmp_path / "somefile") in errors[0]
+    assert (tmp_path / "somefile").read_text() == "not a folder"
+
+
+def test_cli_bad_inputs_fail_before_models_load(tmp_path, capsys, no_model_loading):
+    good = tmp_path / "good.png"
+    Image.fromarray(object_rgba()).save(good)
+    corrupt = tmp_path / "broken.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    assert main(["generate", str(good), str(corrupt), "-o", str(tmp_path / "out")] + FAST_ARGS) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and "broken.png" in errors[0]
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    assert main(["generate", str(folder), "-o", str(tmp_path / "out")] + FAST_ARGS) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and errors[0].startswith(f"error: {folder}: is a folder, not an image file")
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_ctrl_c_prints_interrupted_and_leaves_no_partial_result(tmp_path, capsys, monkeypatch):
+    from ouroboros_core.sampler import RecursiveSampler
+
+    first, second = tmp_path / "a.png", tmp_path / "b.png"
+    for path in (first, second):
+        Image.fromarray(object_rgba()).save(path)
+    real_call, calls = RecursiveSampler.__call__, []
+
+    def interrupted_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_call(self, *args, **kwargs)
+
+    monkeypatch.setattr(RecursiveSampler, "__call__", interrupted_second)
+    out = tmp_path / "out"
+    assert main(["generate", str(first), str(second), "-o", str(out)] + FAST_ARGS) == 130
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == "interrupted" and "Traceback" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["a"]  # b was never started; no temporary folder
+    assert (out / "a" / "manifest.json").is_file()
