@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import PluginError, UserError
+from .errors import PluginError, UserError, WeightsError
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor
 from .recipe import Recipe
 
@@ -79,7 +79,7 @@ def build_components(
     dtype = dtype or DTYPES[model.dtype]
     # every weights source is checked before anything is built: building a full-size model
     # takes long, and an offline user should learn at once what to download
-    from .weights import check_available
+    from .weights import check_available, nonfinite_error, nonfinite_tensors
 
     entries = [("generator", model.generator, recipe.generator_config), ("reconstructor", model.reconstructor, recipe.reconstructor_config)]
     entries += [(f"feedback.{i}", e, c) for i, (e, c) in enumerate(zip(model.feedback, recipe.feedback_configs))]
@@ -92,7 +92,7 @@ def build_components(
     torch.manual_seed(model.seed)  # random initialisation is reproducible too
     infos: list[ComponentInfo] = []
 
-    def build(kind: str, spec, config, entry) -> nn.Module:
+    def build(kind: str, path: str, spec, config, entry) -> nn.Module:
         module = spec.build(config)
         if entry.weights:
             loader = getattr(module, "load_weights", None)
@@ -102,17 +102,28 @@ def build_components(
                     where=f"recipe {kind}.weights",
                     hint="remove the weights entry or update the plugin",
                 )
-            loader(entry.weights)
+            key = f"{origin}: {path}.weights ({kind} '{spec.name}')"
+            try:
+                loader(entry.weights)
+            except WeightsError as err:
+                if err.where is None:  # name the recipe entry the file came from
+                    raise type(err)(err.message, hint=err.hint, where=key) from err
+                raise
+            # whatever the plugin's loader read (files, diffusers folders): NaN/Inf weights
+            # would give NaN views or an empty 3D model much later, so they stop here
+            bad = nonfinite_tensors(module.state_dict())
+            if bad:
+                raise nonfinite_error(bad, entry.weights, where=key)
         else:
             log.info("%s %r has no weights in the recipe: using random initialisation", kind, spec.name)
         reg = registry.entry(kind, spec.name)
         infos.append(ComponentInfo(kind, spec.name, reg.distribution, reg.version, entry.weights, not entry.weights))
         return module.to(device=device, dtype=dtype)
 
-    generator = build("generator", recipe.generator_spec, recipe.generator_config, model.generator)
-    reconstructor = build("reconstructor", recipe.reconstructor_spec, recipe.reconstructor_config, model.reconstructor)
+    generator = build("generator", "generator", recipe.generator_spec, recipe.generator_config, model.generator)
+    reconstructor = build("reconstructor", "reconstructor", recipe.reconstructor_spec, recipe.reconstructor_config, model.reconstructor)
     encoders = [
-        build("feedback", spec, cfg, entry)
-        for spec, cfg, entry in zip(recipe.feedback_specs, recipe.feedback_configs, model.feedback)
+        build("feedback", f"feedback.{i}", spec, cfg, entry)
+        for i, (spec, cfg, entry) in enumerate(zip(recipe.feedback_specs, recipe.feedback_configs, model.feedback))
     ]
     return Components(generator, reconstructor, encoders, infos)

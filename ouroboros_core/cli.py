@@ -238,6 +238,8 @@ def _generate(args: argparse.Namespace) -> int:
     for image, pre, folder in zip(args.images, inputs, folders):
         result = pipe(pre, progress=not args.quiet, intermediates=args.save_intermediates)
         pipe.save(result, folder, overwrite=args.overwrite)
+        for warning in result.warnings:
+            print(f"warning: {image}: {warning}", file=sys.stderr)
         print(f"{image} -> {folder} ({result.timings['total']:.1f} s)")
     return 0
 

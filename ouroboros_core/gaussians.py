@@ -193,6 +193,11 @@ class GaussianCloud(Representation):
         return RenderOutput(rgb=rgb, alpha=alpha, depth=expected_depth(acc_depth, alpha), accumulated_depth=acc_depth)
 
     # ------------------------------------------------------------------ files
+    def is_empty(self, index: int = 0) -> bool:
+        """True when no Gaussian of element ``index`` reaches ``save_min_opacity`` (an empty .ply)."""
+        o = self.opacities[index]
+        return not bool(((o >= self.save_min_opacity) & (o > 0)).any())
+
     def save(self, path: str | Path, index: int = 0, min_opacity: float | None = None, full_3dgs_layout: bool = False) -> Path:
         """Write batch element ``index`` as a 3DGS ``.ply`` (layout in ``io/ply.py``).
 

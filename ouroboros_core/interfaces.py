@@ -68,6 +68,23 @@ class Representation(abc.ABC):
     @abc.abstractmethod
     def batch_size(self) -> int: ...
 
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The floating-point data by name (``"vertices.0"`` for lists), which the sampler
+        checks for NaN/Inf after every reconstruction. The default collects every tensor
+        attribute and every list of tensors."""
+        found: dict[str, torch.Tensor] = {}
+        for name, value in vars(self).items():
+            items = enumerate(value) if isinstance(value, (list, tuple)) else [(None, value)]
+            for i, item in items:
+                if isinstance(item, torch.Tensor) and item.is_floating_point():
+                    found[name if i is None else f"{name}.{i}"] = item
+        return found
+
+    def is_empty(self, index: int = 0) -> bool:
+        """Whether batch element ``index`` holds nothing ``save`` would write (then ``generate``
+        writes no 3D file and says so). Default: never."""
+        return False
+
 
 @dataclass
 class GenerationContext:

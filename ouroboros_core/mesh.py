@@ -326,6 +326,10 @@ class Mesh(Representation):
         return F.grid_sample(tex, grid, mode="bilinear", padding_mode="border", align_corners=False).permute(0, 2, 3, 1)
 
     # ------------------------------------------------------------------ files
+    def is_empty(self, index: int = 0) -> bool:
+        """True when element ``index`` has no faces."""
+        return self.faces[index].numel() == 0
+
     def save(self, path: str | Path, index: int = 0) -> Path:
         """Write batch element ``index`` as ``.glb``, ``.obj`` (+ ``.mtl``/``.png`` when
         textured) or ``.ply`` through trimesh."""

@@ -64,6 +64,8 @@ class GenerationResult:
     pipeline: "ImageTo3DPipeline | None" = None
     #: per-step feedback maps ("step03_rgb" -> (V, 3, H, W)) when asked for
     intermediates: dict[str, torch.Tensor] = field(default_factory=dict)
+    #: problems with the result that do not stop it (also in the manifest; the CLI prints them)
+    warnings: list[str] = field(default_factory=list)
 
     def save(self, folder: str | Path, overwrite: bool = False) -> Path:
         """Write every output into ``folder`` atomically (see :meth:`ImageTo3DPipeline.save`)."""
@@ -193,8 +195,15 @@ class ImageTo3DPipeline:
             out = self.sampler(pre.image[None].to(self.device, self.dtype), cams, generator=rng, callbacks=steps)
         timings.update({f"sampler.{k}": v for k, v in out.timings.items()})
         timings["total"] = time.perf_counter() - start
+        warnings = []
+        if out.representation.is_empty(0):
+            warnings.append(
+                f"the 3D result is empty (a {type(out.representation).__name__} with nothing to save), so no "
+                f"model{out.representation.file_suffix} is written; check the reconstructor's weights"
+            )
         manifest = self._manifest(seed, timings, pre, out.num_reconstructions)
-        return GenerationResult(out.views[0].float().cpu(), out.representation, pre, cams, timings, manifest, self, kept)
+        manifest["warnings"] = warnings
+        return GenerationResult(out.views[0].float().cpu(), out.representation, pre, cams, timings, manifest, self, kept, warnings)
 
     def _manifest(self, seed: int, timings: dict[str, float], pre, num_reconstructions: int) -> dict[str, Any]:
         if self.device.type == "cuda":
@@ -243,7 +252,7 @@ class ImageTo3DPipeline:
                 save_views(result.views, tmp / "views")
             save_grid(result.views, tmp / "views.png", columns=out_cfg.grid_columns)
             files = {"input": "input.png", "grid": "views.png"}
-            if out_cfg.ply:
+            if out_cfg.ply and not result.representation.is_empty(0):  # an empty file is never written
                 start = time.perf_counter()
                 rep = result.representation
                 files["model"] = rep.save(tmp / f"model{rep.file_suffix}", index=0).name

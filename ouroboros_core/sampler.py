@@ -163,9 +163,19 @@ class RecursiveSampler:
             views = self.generator.decode(latents)
         return views if idx is None else views[:, idx]
 
-    def _reconstruct(self, views: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | None, timer: _Timer) -> Representation:
+    def _reconstruct(self, views: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | None, timer: _Timer, index: int) -> Representation:
         with timer("reconstruct"):
-            return self.reconstructor.reconstruct(views, cameras.select_views(self._input_view_indices()), sigma)
+            rep = self.reconstructor.reconstruct(views, cameras.select_views(self._input_view_indices()), sigma)
+        data = rep.tensors()
+        finite = torch.stack([torch.isfinite(t).all() for t in data.values()]).tolist() if data else []  # one sync
+        bad = [name for name, ok in zip(data, finite) if not ok]
+        if bad:
+            when = "the final reconstruction" if sigma is None else f"step {index} (sigma {float(sigma.flatten()[0]):.4g})"
+            raise SamplingError(
+                f"the reconstruction ({type(rep).__name__} {', '.join(bad)}) became NaN or infinite at {when}",
+                hint="check the reconstructor's weights (`ouroboros3d weights inspect`), or run in fp32 (dtype: fp32)",
+            )
+        return rep
 
     @staticmethod
     def _check_finite(t: torch.Tensor, what: str, index: int, sigma: float) -> None:
@@ -224,7 +234,7 @@ class RecursiveSampler:
             due = self.feedback_due(i, s)
             if due:
                 views = self._views_for_reconstruction(x0, timer)
-                representation = self._reconstruct(views, cameras, sigma_b, timer)
+                representation = self._reconstruct(views, cameras, sigma_b, timer, i)
                 num_recon += 1
                 if self.map_kinds or cfg.mode == "resample":  # nothing reads the renders otherwise
                     with timer("render"):
@@ -255,7 +265,7 @@ class RecursiveSampler:
         views_all = self._decode_all(x, timer)
         if cfg.final_reconstruction == "fresh" or representation is None:
             idx = self._input_view_indices()
-            representation = self._reconstruct(views_all if idx is None else views_all[:, idx], cameras, None, timer)
+            representation = self._reconstruct(views_all if idx is None else views_all[:, idx], cameras, None, timer, cfg.steps)
             num_recon += 1
         timings = dict(timer.totals)
         if timer.sync:

@@ -283,6 +283,37 @@ def _as_state_dict(obj: object, path: Path) -> StateDict:
     return dict(obj)
 
 
+def nonfinite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinite values (in order)."""
+    return [k for k, v in state_dict.items() if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())]
+
+
+def nonfinite_tensors_in_file(path: str | os.PathLike) -> list[str]:
+    """:func:`nonfinite_tensors` of a checkpoint file, reading one tensor at a time
+    (safetensors) or memory-mapped (torch files), so a large file is never held in memory."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return nonfinite_tensors(read_state_dict(path))  # torch.load(mmap=True): pages in on demand
+    from safetensors import safe_open
+
+    bad = []
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():
+            if f.get_slice(key).get_dtype() in ("F64", "F32", "F16", "BF16") and nonfinite_tensors({key: f.get_tensor(key)}):
+                bad.append(key)
+    return bad
+
+
+def nonfinite_error(names: list[str], source: object, where: str | None = None) -> WeightsError:
+    """The error for weights holding NaN/Inf (they would silently produce empty or NaN outputs)."""
+    return WeightsError(
+        f"weights {source} hold NaN or infinite values in {len(names)} tensor(s): {_few(names)}",
+        hint="the file is damaged or came from a diverged training run; use another checkpoint "
+        "(`ouroboros3d weights inspect` lists the tensors)",
+        where=where,
+    )
+
+
 # ----------------------------------------------------------------------------- comparing
 @dataclass
 class KeyDiff:
@@ -374,6 +405,9 @@ def load_file(module: nn.Module, path: str | os.PathLike) -> KeyDiff:
     """Read ``path``, apply the module's key conversion and load strictly (the module's
     ``allowed_missing`` keys may be absent). The usual body of a ``load_weights`` method."""
     state_dict = convert_for(module, read_state_dict(path))
+    bad = nonfinite_tensors(state_dict)
+    if bad:
+        raise nonfinite_error(bad, path)
     return load_strict(module, state_dict, allowed_missing_for(module, state_dict), source=path)
 
 
@@ -393,10 +427,12 @@ class WeightsReport:
     diff: KeyDiff
     #: problems that stopped the comparison (e.g. the component refused the file)
     errors: list[str] = field(default_factory=list)
+    #: tensors of the file holding NaN or infinite values
+    nonfinite: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
-        return not self.errors and self.diff.ok
+        return not self.errors and not self.nonfinite and self.diff.ok
 
     def format(self) -> str:
         preset = f" (preset {self.preset})" if self.preset else ""
@@ -406,6 +442,8 @@ class WeightsReport:
         ]
         lines += [f"error:     {e}" for e in self.errors]
         lines += [f"problem:   {p}" for p in self.diff.problems()]
+        if self.nonfinite:
+            lines.append(f"problem:   {len(self.nonfinite)} tensor(s) hold NaN or infinite values: {_few(self.nonfinite)}")
         if self.diff.allowed_missing:
             lines.append(
                 f"note:      {len(self.diff.allowed_missing)} module tensor(s) absent from the file keep their "
@@ -427,8 +465,8 @@ def inspect_file(path: str | os.PathLike, spec: ComponentSpec, preset: str | Non
     """Check, without allocating the model (meta device), whether ``path`` loads strictly.
 
     The component is built from ``spec`` (and ``preset``) on the meta device; the file's
-    names and shapes are read without its data, passed through the component's own key
-    conversion, and compared.
+    names and shapes are passed through the component's own key conversion and compared.
+    The file's values are read one tensor at a time to find NaN or infinite values.
     """
     path = Path(path)
     module = _build_on_meta(spec, preset)
@@ -445,6 +483,7 @@ def inspect_file(path: str | os.PathLike, spec: ComponentSpec, preset: str | Non
         model_parameters=sum(t.numel() for t in expected.values()),
         diff=KeyDiff(),
     )
+    report.nonfinite = nonfinite_tensors_in_file(path)
     try:
         converted = convert_for(module, file_sd)
     except WeightsError as err:

@@ -190,3 +190,24 @@ def test_joint_sampling_with_a_gaussian_cloud_reconstructor():
     # the maps see the splats: some foreground pixels, white/0.5 background elsewhere
     assert (rgb < 0.99).any() and (rgb > 0.99).any()
     assert (ccm != 0.5).any() and (ccm == 0.5).any()
+
+
+@pytest.mark.parametrize("step", [0, "final"])
+def test_nan_in_the_reconstruction_raises_sampling_error(step):
+    from toys import GaussianToyReconstructor
+
+    torch.manual_seed(0)
+    rec = GaussianToyReconstructor()
+    real = rec.reconstruct
+
+    def reconstruct(images, cameras, sigma=None):
+        cloud = real(images, cameras, sigma)
+        if (sigma is None) == (step == "final"):
+            cloud.opacities = torch.full_like(cloud.opacities, float("nan"))
+        return cloud
+
+    rec.reconstruct = reconstruct
+    sampler = RecursiveSampler(ToyGenerator(), rec, [], SamplerConfig(steps=2, sigma_max=20.0), MapsConfig())
+    where = "the final reconstruction" if step == "final" else r"step 0 \(sigma 20\)"
+    with pytest.raises(SamplingError, match=rf"the reconstruction \(GaussianCloud opacities\) became NaN or infinite at {where}"):
+        run(sampler)

@@ -257,3 +257,23 @@ def test_check_available_fails_fast_offline(tmp_path, monkeypatch):
     check_available(str(local))
     with pytest.raises(WeightsError, match="not found"):
         check_available(str(tmp_path / "missing.pth"))
+
+
+# ----------------------------------------------------------------------------- NaN / Inf values
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_inspect_and_load_refuse_nonfinite_values(tmp_path, suffix):
+    sd = _state()
+    sd["body.bias"][1] = float("nan")
+    sd["extra.weight"][0, 0] = float("inf")
+    path = tmp_path / f"model{suffix}"
+    save_file(sd, path) if suffix == ".safetensors" else torch.save(sd, path)
+    report = W.inspect_file(path, SPEC)
+    assert not report.ok and report.diff.ok
+    assert report.nonfinite == ["body.bias", "extra.weight"]
+    assert "problem:   2 tensor(s) hold NaN or infinite values: body.bias, extra.weight" in report.format()
+    assert report.format().endswith("does NOT load")
+    module = Toy(ToyConfig())
+    before = module.body.bias.detach().clone()
+    with pytest.raises(WeightsError, match=r"hold NaN or infinite values in 2 tensor\(s\): body.bias, extra.weight"):
+        W.load_file(module, path)
+    assert torch.equal(module.body.bias, before)  # nothing was loaded

@@ -256,3 +256,46 @@ def test_cli_ctrl_c_prints_interrupted_and_leaves_no_partial_result(tmp_path, ca
     assert err.splitlines()[-1] == "interrupted" and "Traceback" not in err
     assert sorted(p.name for p in out.iterdir()) == ["a"]  # b was never started; no temporary folder
     assert (out / "a" / "manifest.json").is_file()
+
+
+def test_nonfinite_weights_are_reported_by_inspect_and_stop_generate(pipe, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    state = {k: v.clone() for k, v in pipe.reconstructor.state_dict().items()}
+    name = next(k for k, v in state.items() if v.is_floating_point() and v.dim() > 1)
+    state[name].view(-1)[0] = float("nan")
+    weights = tmp_path / "recon.safetensors"
+    save_file(state, str(weights))
+    assert main(["weights", "inspect", str(weights), "--component", "lgm", "--preset", "tiny"]) == 1
+    out = capsys.readouterr().out
+    assert f"1 tensor(s) hold NaN or infinite values: {name}" in out and "does NOT load" in out
+
+    image = tmp_path / "shapes.png"
+    Image.fromarray(object_rgba()).save(image)
+    args = ["generate", str(image), "-o", str(tmp_path / "out"), "--set", f"reconstructor.weights={weights}"]
+    assert main(args + FAST_ARGS) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and name in errors[0] and "NaN or infinite" in errors[0] and "reconstructor.weights (reconstructor 'lgm')" in errors[0]
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_3d_result_is_not_written_silently(tmp_path, capsys, monkeypatch):
+    from ouroboros_core.sampler import RecursiveSampler
+
+    real_call = RecursiveSampler.__call__
+
+    def all_transparent(self, *args, **kwargs):
+        out = real_call(self, *args, **kwargs)
+        out.representation.opacities = torch.zeros_like(out.representation.opacities)
+        return out
+
+    monkeypatch.setattr(RecursiveSampler, "__call__", all_transparent)
+    image = tmp_path / "shapes.png"
+    Image.fromarray(object_rgba()).save(image)
+    assert main(["generate", str(image), "-o", str(tmp_path / "out")] + FAST_ARGS) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {image}: the 3D result is empty" in err and "no model.ply is written" in err
+    folder = tmp_path / "out" / "shapes"
+    assert not (folder / "model.ply").exists() and (folder / "views.png").is_file()
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "model" not in manifest["files"] and "3D result is empty" in manifest["warnings"][0]
