@@ -301,6 +301,10 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     recipe = _recipe_with_device(args)
     lpips_net = None if args.lpips == "none" else args.lpips
+    if lpips_net:  # a missing backbone download fails now, not after generating every object
+        from .preflight import check_lpips
+
+        check_lpips(lpips_net, args.lpips_random_trunk)
     result = evaluate(recipe, args.limit, args.output, lpips_net, args.lpips_random_trunk)
     print(json.dumps({"objects": result["objects"], "mean": result["mean"], "lpips": result["lpips"]}, indent=2))
     return 0
