@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -16,6 +16,9 @@ from torch import nn
 from .errors import PluginError, UserError, WeightsError
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor
 from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .weights import MissingWeights
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +62,39 @@ class Components:
         return [i.name for i in self.infos if i.random_init]
 
 
+def missing_weights(recipe: Recipe) -> list["MissingWeights"]:
+    """Every weights source of ``recipe`` that is neither a local path, in the Hugging Face
+    cache, nor downloadable now, with its recipe key path (``generator.weights``,
+    ``generator.config.base_weights``, ...). A component's config-named sources (a base
+    model) count only when its entry has ``weights``: otherwise it keeps a random init."""
+    from .weights import MissingWeights, hub_reachable, unavailable_reason
+
+    model = recipe.model
+    entries = [("generator", model.generator, recipe.generator_config), ("reconstructor", model.reconstructor, recipe.reconstructor_config)]
+    entries += [(f"feedback.{i}", e, c) for i, (e, c) in enumerate(zip(model.feedback, recipe.feedback_configs))]
+    reachable: list[bool] = []
+
+    def hub_up() -> bool:  # asked at most once (a network timeout each time otherwise)
+        if not reachable:
+            reachable.append(hub_reachable())
+        return reachable[0]
+
+    missing = []
+    for where, entry, config in entries:
+        if not entry.weights:
+            continue
+        sources = [(f"{where}.weights", entry.weights)]
+        values = config.model_dump()
+        for source in config.weights_sources():
+            field = next((k for k, v in values.items() if v == source), None)
+            sources.append((f"{where}.config.{field}" if field else f"{where}.config", source))
+        for key, source in sources:
+            reason = unavailable_reason(source, hub_up)
+            if reason is not None:
+                missing.append(MissingWeights(key, str(source).strip(), reason))
+    return missing
+
+
 def build_components(
     recipe: Recipe,
     device: torch.device | None = None,
@@ -78,17 +114,13 @@ def build_components(
     device = device or resolve_device(model.device)
     dtype = dtype or DTYPES[model.dtype]
     # every weights source is checked before anything is built: building a full-size model
-    # takes long, and an offline user should learn at once what to download
-    from .weights import check_available, nonfinite_error, nonfinite_tensors
+    # takes long, and an offline user should learn at once everything there is to download
+    from .weights import missing_weights_error, nonfinite_error, nonfinite_tensors
 
-    entries = [("generator", model.generator, recipe.generator_config), ("reconstructor", model.reconstructor, recipe.reconstructor_config)]
-    entries += [(f"feedback.{i}", e, c) for i, (e, c) in enumerate(zip(model.feedback, recipe.feedback_configs))]
+    missing = missing_weights(recipe)
     origin = recipe.source or "recipe"
-    for where, entry, config in entries:
-        if entry.weights:  # config-named sources (a base model) only matter when loading
-            check_available(entry.weights, where=f"{origin}: {where}.weights")
-            for source in config.weights_sources():
-                check_available(source, where=f"{origin}: {where}.config")
+    if missing:
+        raise missing_weights_error(missing, where=str(origin))
     torch.manual_seed(model.seed)  # random initialisation is reproducible too
     infos: list[ComponentInfo] = []
 

@@ -111,7 +111,21 @@ def _recipes_validate(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     names = [recipe.generator_spec.name, recipe.reconstructor_spec.name] + [s.name for s in recipe.feedback_specs]
     print(f"{args.recipe}: valid ({' + '.join(names)})")
-    return 0
+    model = recipe.model
+    if not any(entry.weights for entry in (model.generator, model.reconstructor, *model.feedback)):
+        return 0
+    if not args.check_weights:
+        print("weights: not checked (--check-weights checks that every weights file is local, cached or downloadable)")
+        return 0
+    from .build import missing_weights
+    from .weights import missing_weights_error
+
+    missing = missing_weights(recipe)
+    if not missing:
+        print("weights: all available (local, cached or downloadable)")
+        return 0
+    print(f"weights: {missing_weights_error(missing)}")
+    return 1
 
 
 def add_overrides_argument(parser: argparse.ArgumentParser) -> None:
@@ -136,6 +150,7 @@ def _add_recipes(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_recipes_show)
     p = sub.add_parser("validate", help="check a recipe against the installed plugins", parents=[_common()])
     p.add_argument("recipe", help=".yaml file or shipped recipe name")
+    p.add_argument("--check-weights", action="store_true", help="also check that every weights file is local, cached or downloadable")
     add_overrides_argument(p)
     p.set_defaults(func=_recipes_validate)
 

@@ -172,34 +172,74 @@ def hub_reachable(timeout: float = 3.0) -> bool:
     return True
 
 
-def check_available(source: str | os.PathLike, where: str | None = None) -> None:
-    """Fail fast, before any model is built, when ``source`` can be neither found locally, in
-    the Hugging Face cache, nor downloaded (offline). Anything that may still resolve passes;
-    the component's own loading gives the detailed errors."""
+def unavailable_reason(source: str | os.PathLike, reachable: Callable[[], bool] | None = None) -> str | None:
+    """Why ``source`` can be neither found locally, in the Hugging Face cache, nor downloaded
+    now (``None`` when it may resolve). ``reachable`` answers whether the hub is reachable
+    (default :func:`hub_reachable`; pass a cached answer when checking several sources)."""
     from huggingface_hub import constants
 
     text = str(source).strip()
     if Path(text).expanduser().exists():
-        return
+        return None
     hub = parse_hub_id(text)
     if hub is None:
-        raise WeightsError(
-            f"weights file or folder not found: {text}",
-            hint="check the path, or give a hub id like owner/name:file.safetensors",
-            where=where,
-        )
+        return "file or folder not found"
     repo, filename = hub
     cached = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}"
     if cached.is_dir() and (filename is None or any(cached.glob(f"snapshots/*/{filename}"))):
-        return
-    if hub_reachable():
-        return
-    what = f"weights file {filename!r} of hub repository {repo!r}" if filename else f"hub repository {repo!r}"
-    fetch = f"hf download {repo}" + (f" {filename}" if filename else "")
-    raise WeightsError(
-        f"{what} is not in the local Hugging Face cache and the hub cannot be reached (offline)",
-        hint=f"on a machine with internet run `{fetch}` and copy the cache ({constants.HF_HUB_CACHE}), "
-        f"or download https://huggingface.co/{repo} and set weights: to the local file or folder",
+        return None
+    if (reachable or hub_reachable)():
+        return None
+    return "not in the local Hugging Face cache and the hub cannot be reached (offline)"
+
+
+def check_available(source: str | os.PathLike, where: str | None = None) -> None:
+    """Fail fast, before any model is built, when ``source`` can be neither found locally, in
+    the Hugging Face cache, nor downloaded (offline). Anything that may still resolve passes;
+    the component's own loading gives the detailed errors."""
+    reason = unavailable_reason(source)
+    if reason is not None:
+        raise missing_weights_error([MissingWeights(where or "weights", str(source).strip(), reason)])
+
+
+@dataclass
+class MissingWeights:
+    """A weights source of a recipe that is not available: its recipe key path, the source
+    as written, and why (:func:`unavailable_reason`)."""
+
+    key: str
+    source: str
+    reason: str
+
+
+def missing_weights_error(missing: list[MissingWeights], where: str | None = None) -> WeightsError:
+    """One error listing every missing source with the recipe keys that name it, and one
+    command that downloads all the hub files."""
+    from huggingface_hub import constants
+
+    keys: dict[tuple[str, str], list[str]] = {}
+    for m in missing:
+        keys.setdefault((m.source, m.reason), []).append(m.key)
+    by_reason: dict[str, list[str]] = {}
+    for (source, reason), k in keys.items():
+        by_reason.setdefault(reason, []).append(f"{', '.join(k)} = {source}")
+    listed = ". ".join(f"{reason[0].upper()}{reason[1:]}: {'; '.join(items)}" for reason, items in by_reason.items())
+    files: dict[str, list[str]] = {}
+    for source, _ in keys:
+        hub = parse_hub_id(source)
+        if hub is not None:
+            files.setdefault(hub[0], [])
+            if hub[1] and hub[1] not in files[hub[0]]:
+                files[hub[0]].append(hub[1])
+    fixes = []
+    if files:
+        fetch = " && ".join(" ".join(["hf download", repo, *names]) for repo, names in files.items())
+        fixes.append(f"on a machine with internet run `{fetch}` and copy the Hugging Face cache ({constants.HF_HUB_CACHE})")
+    fixes.append("or set each key to a local file or folder (--set KEY=PATH)")
+    count = len(keys)
+    return WeightsError(
+        f"{count} weights source{'s are' if count > 1 else ' is'} not available. {listed}",
+        hint=", ".join(fixes) if files else fixes[-1].removeprefix("or "),
         where=where,
     )
 

@@ -244,8 +244,8 @@ def test_check_available_fails_fast_offline(tmp_path, monkeypatch):
     with pytest.raises(WeightsError) as info:
         check_available("owner/repo:model.safetensors", where="my.yaml: reconstructor.weights")
     text = str(info.value)
-    assert text.startswith("my.yaml: reconstructor.weights: weights file 'model.safetensors' of hub repository 'owner/repo' is not")
-    assert "hf download owner/repo model.safetensors" in text
+    assert text.startswith("1 weights source is not available. Not in the local Hugging Face cache and the hub cannot be reached (offline): my.yaml: reconstructor.weights = owner/repo:model.safetensors (fix:")
+    assert "hf download owner/repo model.safetensors`" in text
     # a cached snapshot, or a local file, is enough
     snap = tmp_path / "hub" / "models--owner--repo" / "snapshots" / "abc"
     snap.mkdir(parents=True)
