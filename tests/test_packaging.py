@@ -69,6 +69,7 @@ def test_recipes_are_found_after_a_regular_install(tmp_path):
     out = subprocess.run([sys.executable, "-c", script], env=env, cwd=tmp_path, capture_output=True, text=True, check=True)
     found = json.loads(out.stdout)
     assert found["core"].startswith(str(target))
-    assert sorted(found["recipes"]) == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
-    assert all(path.startswith(str(target)) for path in found["recipes"].values())
+    # other distributions installed in this environment may add recipes: select ours by path
+    ours = {name for name, path in found["recipes"].items() if path.startswith(str(target))}
+    assert sorted(ours) == sorted(p.stem for p in (ROOT / "recipes").glob("*.yaml"))
     assert found["tiny"] == "svd"

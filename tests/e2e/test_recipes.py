@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,13 +11,42 @@ from ouroboros_core.pipeline import ImageTo3DPipeline
 from ouroboros_core.recipe import list_recipes, load_recipe
 from tests.e2e.test_generate import FAST, object_rgba
 
-SHIPPED = ["resample", "svd-lgm", "svd-lgm-paper", "tiny", "two-stage"]
+#: our recipe files (installed as ouroboros_plugins.recipes); other installed distributions may
+#: register recipes too, so tests select ours by file, never "everything installed"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
+DOCUMENTED = {"resample", "svd-lgm", "svd-lgm-paper", "tiny", "two-stage"}
+
+
+def _check_shipped_recipes() -> None:
+    ours = {p.stem for p in RECIPES_DIR.glob("*.yaml")}
+    found = list_recipes()
+    assert DOCUMENTED <= ours
+    for name in sorted(ours):  # each is listed as our file (not shadowed) and validates
+        assert found[name].resolve() == RECIPES_DIR / f"{name}.yaml"
+        assert load_recipe(name).name == name
 
 
 def test_every_shipped_recipe_validates():
-    assert sorted(list_recipes()) == SHIPPED
-    for name in SHIPPED:
-        assert load_recipe(name).name == name
+    _check_shipped_recipes()
+
+
+def test_shipped_recipe_check_ignores_other_installed_recipes(tmp_path, monkeypatch):
+    from ouroboros_core import hookimpl, registry as registry_module
+    from ouroboros_core.registry import Registry
+
+    other = tmp_path / "their-demo.yaml"
+    other.write_text("extends: tiny\n")
+
+    class ThirdParty:
+        @hookimpl
+        def ouroboros3d_register_recipes(self, register):
+            register(other)
+
+    registry = Registry()
+    registry.add_plugin(ThirdParty(), name="their", distribution="ouroboros3d-their", version="1.0")
+    monkeypatch.setattr(registry_module, "_default", registry)
+    assert "their-demo" in list_recipes()
+    _check_shipped_recipes()
 
 
 def test_reference_recipe_is_the_official_setup():
