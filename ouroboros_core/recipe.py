@@ -460,9 +460,12 @@ def _raise_validation(exc: ValidationError, model: type[BaseModel], prefix: KeyP
     described = [_describe(err, model, prefix) for err in exc.errors(include_url=False)]
     loc, message, hint = described[0]
     path = prefix + loc
-    for other_loc, other_message, _ in described[1:]:
-        message += f"; also {_dotted(prefix + other_loc)}: {other_message}"
-    _error(origins, path, message, hint)
+    if len(described) == 1:
+        _error(origins, path, message, hint)
+    # several problems: each carries its own fix, so none is left without one
+    parts = [f"{message} (fix: {hint})"]
+    parts += [f"also {_dotted(prefix + other_loc)}: {other_message} (fix: {other_hint})" for other_loc, other_message, other_hint in described[1:]]
+    _error(origins, path, "; ".join(parts))
 
 
 # ---------------------------------------------------------------------- the validated recipe

@@ -319,3 +319,16 @@ def test_cameras_must_match_the_generator_views(tmp_path, toy_registry):
     assert "give 4 azimuths" in msg
     msg = error_of(load_recipe, path, ["cameras.elevations=[0, 10]"], registry=toy_registry)
     assert "cameras.elevations" in msg and "2 values for 4 views" in msg
+
+
+def test_several_bad_values_each_get_their_own_fix(tmp_path, toy_registry):
+    path = write(tmp_path / "r.yaml", BASE + "  mode: jiont\n  solver: eulr\ndtype: fp23\n")
+    message = error_of(load_recipe, path, registry=toy_registry)
+    assert message.count("\n") == 0
+    assert message.startswith(f"{path}: ")
+    parts = message.split("; also ")
+    assert len(parts) == 3
+    expected = [("sampler.mode", "'jiont'", "did you mean 'joint'?"), ("sampler.solver", "'eulr'", "did you mean 'euler'?"), ("dtype", "'fp23'", "did you mean 'fp32'?")]
+    for key, value, fix in expected:
+        [part] = [p for p in parts if f"{key}: {value} is not allowed" in p]
+        assert f"(fix: {fix}" in part, part
