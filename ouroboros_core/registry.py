@@ -251,7 +251,10 @@ class Registry:
         def register_recipe(path: str | Path) -> None:
             path = Path(path)
             if path.is_dir():
-                recipe_paths.extend(sorted(p for p in path.iterdir() if p.suffix in RECIPE_SUFFIXES))
+                found = sorted(p for p in path.iterdir() if p.suffix in RECIPE_SUFFIXES)
+                if not found:
+                    raise FileNotFoundError(f"registered recipe folder {path} holds no .yaml files")
+                recipe_paths.extend(found)
             elif path.is_file() and path.suffix in RECIPE_SUFFIXES:
                 recipe_paths.append(path)
             else:
@@ -259,7 +262,6 @@ class Registry:
 
         try:
             self._call_hook(plugin, "ouroboros3d_register_components", register_component)
-            self._call_hook(plugin, "ouroboros3d_register_recipes", register_recipe)
         except Exception as exc:
             self.pm.unregister(plugin)
             self.failures.append(
@@ -276,6 +278,23 @@ class Registry:
         for spec in specs:
             entry = RegisteredComponent(spec, plugin_name, distribution, version)
             self._add_unique(self._components, (spec.kind, spec.name), entry)
+        # recipes separately: a plugin whose recipe files are missing (a wheel built without
+        # its package data) keeps its components usable
+        try:
+            self._call_hook(plugin, "ouroboros3d_register_recipes", register_recipe)
+        except Exception as exc:
+            self.failures.append(
+                PluginFailure(
+                    plugin_name,
+                    distribution,
+                    version,
+                    f"{type(exc).__name__} while registering recipes (its components are available): {exc}",
+                    f"report it to the authors of {distribution} (recipe files missing from a package usually "
+                    "mean its pyproject.toml lacks the package-data line for them)",
+                    exc,
+                )
+            )
+            return
         for path in recipe_paths:
             recipe = RegisteredRecipe(path.stem, path, plugin_name, distribution, version)
             self._add_unique(self._recipes, ("recipe", path.stem), recipe)

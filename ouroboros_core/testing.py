@@ -1,8 +1,10 @@
 """Conformance checks any plugin's tests can call (ours and third-party ones alike).
 
-    from ouroboros_core.testing import check_component
+    from ouroboros_core.testing import check_component, check_plugin
     def test_my_reconstructor():
         check_component(MY_SPEC)
+    def test_my_plugin():
+        check_plugin(my_plugin_module)     # its hooks run; registered recipe files exist
 
 :func:`check_component` runs every check that applies to the spec's kind; the functions it
 calls can be used one by one so a failure points at the broken part. Every failure is an
@@ -234,3 +236,27 @@ def check_component(spec: ComponentSpec, preset: str | None = None) -> None:
     check_presets(spec)
     if not spec.slot:
         _RUNNERS[spec.kind](spec, preset)
+
+
+def check_plugin(plugin: Any) -> None:
+    """Check a plugin's entry module (or object): its registration hooks run, every component
+    passes :func:`check_spec`, and every recipe path it registers exists and holds ``.yaml``
+    files that parse to mappings. Run it against the *installed* package: a package built
+    without its recipe files (no package-data line) fails here."""
+    from .registry import Registry
+
+    name = getattr(plugin, "__name__", type(plugin).__name__)
+    registry = Registry([plugin], load_entry_points=False, disabled=())
+    if registry.failures:
+        raise AssertionError(f"plugin {name}: {registry.failures[0].error}")
+    if not registry.components() and not registry.recipes():
+        raise AssertionError(f"plugin {name}: registers no component and no recipe")
+    for component in registry.components():
+        check_spec(component.spec)
+    for recipe, path in registry.recipes().items():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except yaml.YAMLError as err:
+            raise AssertionError(f"plugin {name}: recipe '{recipe}' ({path}) is not valid YAML: {err}") from None
+        if not isinstance(data, dict):
+            raise AssertionError(f"plugin {name}: recipe '{recipe}' ({path}) is not a mapping")

@@ -150,6 +150,24 @@ def test_failing_hook_registers_nothing_from_that_plugin(toy_registry):
     assert failure.distribution == "ouroboros3d-half"
 
 
+def test_missing_recipe_files_are_reported_and_keep_the_components(tmp_path, toy_registry):
+    class NoRecipeFiles:  # what a wheel built without its package data looks like
+        @hookimpl
+        def ouroboros3d_register_components(self, register):
+            register(ComponentSpec("reconstructor", "kept", ReconstructorConfig, "json:loads"))
+
+        @hookimpl
+        def ouroboros3d_register_recipes(self, register):
+            register(tmp_path / "site" / "ouroboros3d_kept" / "recipes")
+
+    toy_registry.add_plugin(NoRecipeFiles(), name="kept", distribution="ouroboros3d-kept", version="1.0")
+    assert toy_registry.get("reconstructor", "kept").factory == "json:loads"
+    (failure,) = toy_registry.failures
+    assert failure.error.startswith("FileNotFoundError while registering recipes (its components are available): registered recipe path")
+    assert "package-data" in failure.hint
+    assert not toy_registry.check().ok  # plugins check reports it
+
+
 def test_lookup_errors_suggest_closest_and_other_kind(toy_registry):
     with pytest.raises(PluginError) as info:
         toy_registry.get("reconstructor", "toy-recn")

@@ -271,3 +271,41 @@ def test_feedback_encoder_contract_violations():
 
     fails(check_feedback_encoder, spec("feedback", "e", PoolEncoderConfig, DropsOne), "returned 1 feature tensors for 2 slots")
     fails(check_feedback_encoder, spec("feedback", "e", PoolEncoderConfig, WrongStride), r"features for slot 's1' has shape \(1, 2, 2, 32, 32\), expected \(1, 2, 2, 16, 16\)")
+
+
+def test_check_plugin_passes_a_plugin_and_catches_missing_recipe_files(tmp_path):
+    import types
+
+    from ouroboros_core import hookimpl
+    from ouroboros_core.testing import check_plugin
+
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "demo.yaml").write_text("extends: tiny\nsampler: {steps: 3}\n")
+
+    def make(folder):
+        plugin = types.ModuleType("ouroboros3d_demo")
+
+        @hookimpl
+        def ouroboros3d_register_components(register):
+            register(ComponentSpec("reconstructor", "demo", ReconstructorConfig, "json:loads", tiny_preset=None))
+
+        @hookimpl
+        def ouroboros3d_register_recipes(register):
+            register(folder)
+
+        plugin.ouroboros3d_register_components = ouroboros3d_register_components
+        plugin.ouroboros3d_register_recipes = ouroboros3d_register_recipes
+        return plugin
+
+    check_plugin(make(recipes))
+    with pytest.raises(AssertionError, match=r"plugin ouroboros3d_demo: FileNotFoundError while registering recipes .*gone is not a .yaml file or a folder"):
+        check_plugin(make(tmp_path / "gone"))
+    empty = tmp_path / "empty"  # a recipes package installed without its package data
+    empty.mkdir()
+    (empty / "__init__.py").write_text("")
+    with pytest.raises(AssertionError, match=r"registered recipe folder .*empty holds no .yaml files"):
+        check_plugin(make(empty))
+    (recipes / "demo.yaml").write_text("- not a mapping\n")
+    with pytest.raises(AssertionError, match="recipe 'demo' .* is not a mapping"):
+        check_plugin(make(recipes))
