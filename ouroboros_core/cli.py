@@ -50,6 +50,7 @@ def _plugins_list(args: argparse.Namespace) -> int:
         (
             c.spec.kind,
             c.spec.name + (" [slot]" if c.spec.slot else ""),
+            c.plugin,
             c.provider,
             ",".join(c.spec.devices),
             c.spec.description,
@@ -57,7 +58,7 @@ def _plugins_list(args: argparse.Namespace) -> int:
         for c in registry.components()
     ]
     if rows:
-        print(_table(("KIND", "NAME", "DISTRIBUTION", "DEVICES", "DESCRIPTION"), rows))
+        print(_table(("KIND", "NAME", "PLUGIN", "DISTRIBUTION", "DEVICES", "DESCRIPTION"), rows))
     else:
         print("no components installed")
     for failure in registry.failures:
@@ -66,14 +67,21 @@ def _plugins_list(args: argparse.Namespace) -> int:
         print(f"{conflict.format()} (fix: {conflict.hint})")
     if registry.disabled:
         print("disabled: " + ", ".join(registry.disabled))
+    warning = registry.unmatched_disabled_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     return 0
 
 
 def _plugins_check(args: argparse.Namespace) -> int:
     from .registry import get_registry
 
-    report = get_registry().check()
+    registry = get_registry()
+    report = registry.check()
     print(report.format())
+    warning = registry.unmatched_disabled_warning()
+    if warning:
+        print(warning, file=sys.stderr)
     return 0 if report.ok else 1
 
 

@@ -10,8 +10,10 @@ Each plugin's hooks are called on their own (not through ``pm.hook``) so that ev
 is stored with the distribution that provides it, and a plugin whose hook raises is dropped
 as a whole instead of leaving half its components behind.
 
-The environment variable ``OUROBOROS3D_DISABLE_PLUGINS`` (comma-separated entry-point or
-distribution names) skips plugins before they are imported.
+The environment variable ``OUROBOROS3D_DISABLE_PLUGINS`` (comma-separated names) skips, for
+each name: the plugin whose entry-point name (``plugins list``'s PLUGIN column) or
+distribution it is, before it is imported; or the component of that name. Names that match
+nothing are kept in :attr:`Registry.unmatched_disabled`, which ``plugins list/check`` report.
 """
 
 from __future__ import annotations
@@ -123,7 +125,7 @@ def _normalize(name: str) -> str:
 
 
 def disabled_from_env(environ: dict[str, str] | None = None) -> frozenset[str]:
-    """The normalised plugin/distribution names listed in ``OUROBOROS3D_DISABLE_PLUGINS``."""
+    """The normalised plugin/distribution/component names listed in ``OUROBOROS3D_DISABLE_PLUGINS``."""
     value = (environ if environ is not None else os.environ).get(DISABLE_ENV, "")
     return frozenset(_normalize(part.strip()) for part in value.split(",") if part.strip())
 
@@ -142,7 +144,8 @@ class Registry:
         extra_plugins: plugin objects (modules or instances with ``@hookimpl`` methods)
             registered in addition to the entry points; used by tests and embedding code.
         load_entry_points: ``False`` gives a registry holding only ``extra_plugins``.
-        disabled: names to skip; defaults to ``OUROBOROS3D_DISABLE_PLUGINS``.
+        disabled: entry-point, distribution or component names to skip; defaults to
+            ``OUROBOROS3D_DISABLE_PLUGINS``.
     """
 
     def __init__(
@@ -157,8 +160,9 @@ class Registry:
         self.pm.add_hookspecs(hookspecs)
         self.group = group
         self.disabled_names = frozenset(_normalize(n) for n in disabled) if disabled is not None else disabled_from_env()
-        #: entry points skipped because of ``disabled_names``: "plugin (distribution)"
+        #: what ``disabled_names`` skipped: "plugin (distribution)" or "kind 'name' (distribution)"
         self.disabled: list[str] = []
+        self._matched: set[str] = set()
         self.failures: list[PluginFailure] = []
         self._components: dict[tuple[str, str], RegisteredComponent] = {}
         self._recipes: dict[tuple[str, str], RegisteredRecipe] = {}
@@ -188,7 +192,9 @@ class Registry:
     def _load_entry_points(self) -> None:
         for ep_name, candidates in sorted(self._entry_points().items()):
             dists = [d.metadata["Name"] for _, d in candidates]
-            if _normalize(ep_name) in self.disabled_names or any(_normalize(d) in self.disabled_names for d in dists):
+            hits = {_normalize(n) for n in (ep_name, *dists)} & self.disabled_names
+            if hits:
+                self._matched |= hits
                 self.disabled.append(f"{ep_name} ({', '.join(dists)})")
                 continue
             first = candidates[0][1]
@@ -276,6 +282,10 @@ class Registry:
             )
             return
         for spec in specs:
+            if _normalize(spec.name) in self.disabled_names:
+                self._matched.add(_normalize(spec.name))
+                self.disabled.append(f"{spec.kind} '{spec.name}' ({distribution})")
+                continue
             entry = RegisteredComponent(spec, plugin_name, distribution, version)
             self._add_unique(self._components, (spec.kind, spec.name), entry)
         # recipes separately: a plugin whose recipe files are missing (a wheel built without
@@ -322,6 +332,20 @@ class Registry:
             table[key] = entry
 
     # ------------------------------------------------------------------ queries
+    @property
+    def unmatched_disabled(self) -> list[str]:
+        """Names in ``disabled_names`` that match no plugin, distribution or component."""
+        return sorted(self.disabled_names - self._matched)
+
+    def unmatched_disabled_warning(self) -> str | None:
+        """The line ``plugins list/check`` print when some disabled names match nothing."""
+        if not self.unmatched_disabled:
+            return None
+        return (
+            f"warning: {DISABLE_ENV} names {', '.join(self.unmatched_disabled)}, which match no installed plugin "
+            "(PLUGIN column of `plugins list`), distribution or component"
+        )
+
     @property
     def conflicts(self) -> list[Conflict]:
         return [Conflict(kind, name, tuple(providers)) for (kind, name), providers in sorted(self._conflicts.items())]
@@ -449,6 +473,7 @@ class Registry:
             ],
             "conflicts": [{"kind": c.kind, "name": c.name, "providers": list(c.providers)} for c in self.conflicts],
             "disabled": list(self.disabled),
+            "disabled_unmatched": self.unmatched_disabled,
         }
 
 

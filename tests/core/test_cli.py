@@ -86,9 +86,20 @@ def test_plugins_list_table(capsys):
     code, out, _ = run(capsys, "plugins", "list")
     assert code == 0
     lines = out.splitlines()
-    assert lines[0].split() == ["KIND", "NAME", "DISTRIBUTION", "DEVICES", "DESCRIPTION"]
+    assert lines[0].split() == ["KIND", "NAME", "PLUGIN", "DISTRIBUTION", "DEVICES", "DESCRIPTION"]
     assert any(line.split()[:2] == ["reconstructor", "toy-mesh"] and "[slot]" in line for line in lines)
-    assert any(line.split()[:5] == ["reconstructor", "rgb-recon", "toy-dist", "1.0", "cpu"] for line in lines)
+    # the PLUGIN column is the entry-point name OUROBOROS3D_DISABLE_PLUGINS accepts
+    assert any(line.split()[:6] == ["reconstructor", "rgb-recon", "toys", "toy-dist", "1.0", "cpu"] for line in lines)
+
+
+def test_plugins_list_warns_about_disabled_names_matching_nothing(capsys, monkeypatch):
+    from ouroboros_core.registry import DISABLE_ENV, Registry
+
+    monkeypatch.setenv(DISABLE_ENV, "lgn")
+    monkeypatch.setattr(registry_module, "_default", Registry(load_entry_points=False))
+    code, out, err = run(capsys, "plugins", "list")
+    assert code == 0 and out == "no components installed\n"
+    assert err.startswith(f"warning: {DISABLE_ENV} names lgn, which match no installed plugin")
 
 
 def test_plugins_check_exit_codes(capsys, use_toy_registry, toy_plugin_cls):

@@ -97,6 +97,33 @@ def test_disable_env_skips_plugins_by_entry_point_or_distribution(site, monkeypa
         reg.get("generator", "anything")
 
 
+def test_disable_env_accepts_component_names_and_reports_names_matching_nothing(site, monkeypatch):
+    root, tag = site
+    two = """\
+from ouroboros_core import hookimpl
+from ouroboros_core.components import ComponentSpec, ReconstructorConfig
+
+
+@hookimpl
+def ouroboros3d_register_components(register):
+    register(ComponentSpec("reconstructor", "keep-recon", ReconstructorConfig, "json:loads"))
+    register(ComponentSpec("reconstructor", "drop-recon", ReconstructorConfig, "json:loads"))
+"""
+    make_dist(root, "ouroboros3d-two", "1.0", {"two": f"two_{tag}"}, {f"two_{tag}": two})
+    monkeypatch.setenv(DISABLE_ENV, "Drop_Recon, nothing-here, ouroboros3d-typo")
+    reg = load()
+    assert [c.spec.name for c in reg.components()] == ["keep-recon"]
+    assert reg.disabled == ["reconstructor 'drop-recon' (ouroboros3d-two)"]
+    assert reg.unmatched_disabled == ["nothing-here", "ouroboros3d-typo"]
+    assert reg.as_dict()["disabled_unmatched"] == ["nothing-here", "ouroboros3d-typo"]
+    warning = reg.unmatched_disabled_warning()
+    assert warning.startswith(f"warning: {DISABLE_ENV} names nothing-here, ouroboros3d-typo, which match no installed plugin")
+    with pytest.raises(PluginError, match=f"disabled by {DISABLE_ENV}: reconstructor 'drop-recon'"):
+        reg.get("reconstructor", "drop-recon")
+    monkeypatch.setenv(DISABLE_ENV, "two")
+    assert load().unmatched_disabled == [] and load().unmatched_disabled_warning() is None
+
+
 def test_disabled_from_env_normalises_names():
     assert disabled_from_env({DISABLE_ENV: "A_b.c, ,x"}) == {"a-b-c", "x"}
     assert disabled_from_env({}) == frozenset()
