@@ -198,8 +198,9 @@ class GaussianCloud(Representation):
         o = self.opacities[index]
         return not bool(((o >= self.save_min_opacity) & (o > 0)).any())
 
-    def save(self, path: str | Path, index: int = 0, min_opacity: float | None = None, full_3dgs_layout: bool = False) -> Path:
-        """Write batch element ``index`` as a 3DGS ``.ply`` (layout in ``io/ply.py``).
+    def save(self, path: str | Path, index: int = 0, min_opacity: float | None = None, full_3dgs_layout: bool = True) -> Path:
+        """Write batch element ``index`` as a 3DGS ``.ply`` (layout in ``io/ply.py``: graphdeco's
+        full layout by default, LGM's compact one with ``full_3dgs_layout=False``).
 
         Gaussians with opacity below ``min_opacity`` (default: ``save_min_opacity``) and
         invisible ones (opacity 0, e.g. the padding added by :meth:`prune`) are left out.

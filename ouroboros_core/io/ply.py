@@ -1,7 +1,7 @@
 """Gaussian splats as .ply files in the standard 3D Gaussian Splatting layout.
 
-One ``vertex`` element, float32 properties in this order (what LGM writes; 3DGS viewers look
-properties up by name)::
+One ``vertex`` element, float32 properties in this order (the order of graphdeco's original
+3DGS ``save_ply``; the bracketed ones are left out by the compact layout LGM writes)::
 
     x, y, z, [nx, ny, nz,] f_dc_0, f_dc_1, f_dc_2, [f_rest_0 .. f_rest_44,]
     opacity, scale_0, scale_1, scale_2, rot_0, rot_1, rot_2, rot_3
@@ -10,8 +10,11 @@ Values are stored in 3DGS's pre-activation form: ``f_dc = (rgb - 0.5) / C0`` (th
 spherical-harmonic coefficient, ``C0 = 0.28209479177387814``), ``opacity = logit(o)`` with
 ``o`` clamped to [1e-6, 1 - 1e-6], ``scale = ln(s + 1e-8)``, and the quaternion ``wxyz``
 written as given (not renormalised). The bracketed normals and higher-order SH fields are
-zeros, written only with ``full_3dgs_layout=True`` for readers (such as SIBR) that expect
-graphdeco's full degree-3 layout. Files are written atomically (``io/atomic.py``).
+zeros. They are written by default (``full_3dgs_layout=True``), because readers built for
+graphdeco's files (its SIBR viewer, tools that index properties by position) expect the full
+degree-3 layout; ``full_3dgs_layout=False`` writes LGM's compact layout (4.4x smaller), which
+viewers that look properties up by name also read. Files are written atomically
+(``io/atomic.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ def write_gaussians_ply(
     scales: torch.Tensor,
     opacities: torch.Tensor,
     colors: torch.Tensor,
-    full_3dgs_layout: bool = False,
+    full_3dgs_layout: bool = True,
 ) -> Path:
     """Write one cloud (``means (N, 3)``, ``quats (N, 4)`` wxyz, ``scales (N, 3)``,
     ``opacities (N,)``, ``colors (N, 3)`` rgb in [0, 1], all post-activation)."""

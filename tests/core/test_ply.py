@@ -27,7 +27,7 @@ def random_cloud(batch: int = 2, n: int = 50, seed: int = 0) -> GaussianCloud:
 
 def test_layout_and_values_read_by_plyfile(tmp_path) -> None:
     cloud = random_cloud()
-    path = cloud.save(tmp_path / "obj.ply", index=1)
+    path = cloud.save(tmp_path / "obj.ply", index=1, full_3dgs_layout=False)  # LGM's compact layout
     vertex = PlyData.read(str(path))["vertex"]
     assert list(vertex.data.dtype.names) == LAYOUT
     assert all(vertex.data.dtype[name] == np.dtype("<f4") for name in LAYOUT)
@@ -41,7 +41,7 @@ def test_layout_and_values_read_by_plyfile(tmp_path) -> None:
 
 
 def test_full_3dgs_layout_adds_zero_normals_and_sh(tmp_path) -> None:
-    path = random_cloud(batch=1, n=5).save(tmp_path / "full.ply", full_3dgs_layout=True)
+    path = random_cloud(batch=1, n=5).save(tmp_path / "full.ply")  # the default
     names = list(PlyData.read(str(path))["vertex"].data.dtype.names)
     assert names[:6] == ["x", "y", "z", "nx", "ny", "nz"]
     assert names[9:54] == [f"f_rest_{i}" for i in range(45)] and names[54:] == LAYOUT[6:]

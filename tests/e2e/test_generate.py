@@ -299,3 +299,13 @@ def test_an_empty_3d_result_is_not_written_silently(tmp_path, capsys, monkeypatc
     assert not (folder / "model.ply").exists() and (folder / "views.png").is_file()
     manifest = json.loads((folder / "manifest.json").read_text())
     assert "model" not in manifest["files"] and "3D result is empty" in manifest["warnings"][0]
+
+
+def test_generated_ply_has_the_full_original_3dgs_layout(pipe, result, tmp_path):
+    folder = pipe.save(result, tmp_path / "obj")
+    vertex = PlyData.read(str(folder / "model.ply"))["vertex"]
+    graphdeco = ["x", "y", "z", "nx", "ny", "nz", "f_dc_0", "f_dc_1", "f_dc_2", *[f"f_rest_{i}" for i in range(45)],
+                 "opacity", "scale_0", "scale_1", "scale_2", "rot_0", "rot_1", "rot_2", "rot_3"]
+    assert list(vertex.data.dtype.names) == graphdeco
+    assert all(vertex.data.dtype[name] == np.dtype("<f4") for name in graphdeco)
+    assert np.all(vertex["nx"] == 0) and np.all(vertex["f_rest_0"] == 0) and len(vertex) > 0
