@@ -79,7 +79,8 @@ def test_offline_missing_base_is_reported_before_building(tmp_path, monkeypatch)
     (tmp_path / "mv.pth").write_bytes(b"")
     recipe = load_recipe("tiny", ["generator.preset=tiny-official", f"generator.weights={tmp_path / 'mv.pth'}",
                                   "generator.config.base_weights=stabilityai/stable-video-diffusion-img2vid"])
-    with pytest.raises(WeightsError, match=r"generator\.config: hub repository 'stabilityai/stable-video-diffusion-img2vid' is not in the local"):
+    with pytest.raises(WeightsError, match=r"1 weights source is not available\. Not in the local Hugging Face cache .*"
+                       r"generator\.config\.base_weights = stabilityai/stable-video-diffusion-img2vid \(fix: .*hf download"):
         build_components(recipe)
 
 
