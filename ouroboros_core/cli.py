@@ -231,8 +231,7 @@ def _check_input_paths(images: Sequence[str]) -> None:
 
 def _generate(args: argparse.Namespace) -> int:
     from .io.atomic import check_result_dir
-    from .io.images import preprocess
-    from .pipeline import RESULT_FILES, ImageTo3DPipeline
+    from .pipeline import RESULT_FILES, ImageTo3DPipeline, preprocess_for_recipe
     from .recipe import load_recipe
 
     # everything that can be checked is checked before any model loads: the recipe, every
@@ -252,8 +251,7 @@ def _generate(args: argparse.Namespace) -> int:
     for folder in folders:
         check_result_dir(folder, args.overwrite, RESULT_FILES)
     background = "as-is" if args.no_remove_background else "auto"
-    size, border = recipe.generator_config.image_size, recipe.model.output.border_ratio
-    inputs = [preprocess(image, size, border, background) for image in args.images]
+    inputs = [preprocess_for_recipe(recipe, image, background) for image in args.images]
     pipe = ImageTo3DPipeline.from_recipe(recipe)
     random = [c.name for c in pipe.components if c.random_init]
     if random:

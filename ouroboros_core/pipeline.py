@@ -154,10 +154,7 @@ class ImageTo3DPipeline:
 
     def preprocess(self, image: Any, background: str = "auto"):
         """Load, segment, recentre and resize an input for this pipeline's generator."""
-        from .io.images import preprocess
-
-        output = self.recipe.model.output
-        return preprocess(image, self.generator.image_size, output.border_ratio, background, recentre_object=output.recentre)
+        return preprocess_for_recipe(self.recipe, image, background)
 
     @torch.no_grad()
     def __call__(
@@ -281,6 +278,15 @@ class ImageTo3DPipeline:
             render = rep.render(sub.to(rep_device(rep)), size, size, background=1.0)
             frames.append(render.rgb[0].float().clamp(0, 1).permute(0, 2, 3, 1).cpu())
         return torch.cat(frames)
+
+
+def preprocess_for_recipe(recipe: Recipe, image: Any, background: str = "auto"):
+    """What :meth:`ImageTo3DPipeline.preprocess` does, from the recipe alone: ``generate``
+    checks every input this way before any model is built."""
+    from .io.images import preprocess
+
+    output = recipe.model.output
+    return preprocess(image, recipe.generator_config.image_size, output.border_ratio, background, recentre_object=output.recentre)
 
 
 class MapRecorder:
