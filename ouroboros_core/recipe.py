@@ -108,6 +108,8 @@ class DataConfig(_Section):
     orbit_views: int = 16
     random_start_view: bool = True
     num_objects: int | None = None
+    #: procedural data: "train" or "heldout" objects (the two never share an object)
+    split: Literal["train", "heldout"] = "train"
 
 
 class TrainerConfig(_Section):
@@ -116,6 +118,11 @@ class TrainerConfig(_Section):
     #: module-path prefixes that train (e.g. "generator", "generator.plucker", "feedback");
     #: everything else is frozen
     trainable: list[str] = Field(default_factory=lambda: ["generator", "reconstructor", "feedback"])
+    #: what one training pass computes, for training in stages as the paper does (it starts
+    #: from pretrained models): "joint" is Algorithm 1; "reconstructor" only reconstructs the
+    #: clean views (reconstruction loss); "generator" is plain multi-view diffusion (pass 1
+    #: without feedback, no reconstruction)
+    objective: Literal["joint", "reconstructor", "generator"] = "joint"
     lr: float = 1e-5
     #: learning-rate multipliers by prefix, e.g. {"reconstructor": 0.5}
     lr_scale: dict[str, float] = Field(default_factory=dict)
@@ -165,6 +172,9 @@ class OutputConfig(_Section):
     dir: str = "outputs"
     #: empty border around the recentred input object, as a fraction of the image side
     border_ratio: float = Field(0.2, ge=0, lt=1)
+    #: recentre and rescale the object (False: keep the input's framing, padded to a square;
+    #: for models trained on renders at a fixed camera distance, such as the tiny model)
+    recentre: bool = True
     save_views: bool = True
     grid_columns: int = 4
     #: write the 3D model (model.ply for Gaussians, model.glb for meshes; which faint

@@ -101,6 +101,14 @@ class JointModel(nn.Module):
         out = representation.render(cameras, H, W, background=self.maps_config.rgb_background)
         return self.recon_loss(out.rgb, images, out.alpha, alpha), out
 
+    def _reconstructor_only(self, images: torch.Tensor, alpha: torch.Tensor, cameras: Cameras) -> dict[str, torch.Tensor]:
+        """Objective "reconstructor": reconstruct the clean input views, score every view."""
+        idx = self.reconstructor.input_views
+        gt_in = images if idx is None else images[:, idx]
+        rep_clean = self.reconstructor.reconstruct(gt_in, cameras.select_views(idx), None)
+        loss, _ = self._recon_loss(rep_clean, images, alpha, cameras)
+        return {"total": loss["total"], "recon": loss["total"], "recon_clean": loss["total"].detach()}
+
     def forward(
         self,
         images: torch.Tensor,
@@ -115,6 +123,8 @@ class JointModel(nn.Module):
         is handed to ``generator.training_context``."""
         gen, rec = self.generator, self.reconstructor
         B, V = images.shape[:2]
+        if self.config.objective == "reconstructor":
+            return self._reconstructor_only(images, alpha, cameras)
         with torch.no_grad():
             x0 = gen.encode(images)
         noise = torch.randn(x0.shape, generator=rng, dtype=torch.float32).to(device=x0.device, dtype=x0.dtype)
@@ -125,11 +135,14 @@ class JointModel(nn.Module):
 
         # pass 1: no feedback (zero maps through the encoders, as the official trainer)
         feats = None
-        if self.encoders:
+        if self.encoders and self.config.objective == "joint":
             size = gen.image_size
             feats = self.features(zero_maps(self.map_kinds, (B, V, 3, size, size), images.device, images.dtype))
         x0_hat = gen.denoise(x, sigma, ctx, feats)
         diffusion_1 = (weight * (x0_hat.float() - x0.float()) ** 2).mean()
+        if self.config.objective == "generator":
+            zero = torch.zeros((), device=images.device)
+            return {"total": diffusion_1, "diffusion": diffusion_1, "diffusion_pass1": diffusion_1.detach(), "feedback": zero}
 
         # reconstruction from the decoded x0 estimate (at sigma) and from the clean views
         idx = rec.input_views

@@ -21,6 +21,7 @@ Images are resized (bicubic) and composited on the background; alpha is kept sep
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,8 @@ from torch.utils.data import Dataset
 from ..cameras import Cameras, focal_from_fov
 from ..errors import InputError, RecipeError
 from ..recipe import DataConfig
+
+log = logging.getLogger(__name__)
 
 
 def view_indices(num_orbit_views: int, num_views: int) -> list[int]:
@@ -113,6 +116,8 @@ class OfficialMultiViewDataset(Dataset):
         self.seed = seed
         self.background = background
         self.epoch = 0
+        #: ids of objects found broken (per process: each loader worker keeps its own)
+        self.skipped: set[str] = set()
 
     @classmethod
     def from_config(cls, config: DataConfig, seed: int = 0) -> "OfficialMultiViewDataset":
@@ -146,6 +151,26 @@ class OfficialMultiViewDataset(Dataset):
         return meta
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """Object ``index``; a broken object (missing or corrupt view, bad meta.json) is logged
+        once, counted in :attr:`skipped` and replaced by the next readable one."""
+        first_error: InputError | None = None
+        for offset in range(len(self.ids)):
+            candidate = (index + offset) % len(self.ids)
+            if self.ids[candidate] in self.skipped:
+                continue
+            try:
+                return self._load(candidate)
+            except InputError as err:
+                first_error = first_error or err
+                self.skipped.add(self.ids[candidate])
+                log.warning("skipping a broken object (%d skipped so far): %s", len(self.skipped), err.format())
+        raise InputError(
+            f"none of the {len(self.ids)} objects can be read",
+            where=str(self.root),
+            hint=f"the first problem: {first_error.format() if first_error else 'unknown'}",
+        )
+
+    def _load(self, index: int) -> dict[str, Any]:
         object_id = self.ids[index]
         meta = self._meta(object_id)
         locations = meta["locations"]

@@ -410,6 +410,16 @@ def recentre(premultiplied: torch.Tensor, mask: torch.Tensor, border_ratio: floa
     return canvas
 
 
+def pad_to_square(premultiplied: torch.Tensor) -> torch.Tensor:
+    """The image ``(4, H, W)`` centred on a transparent square canvas of side ``max(H, W)``."""
+    _, height, width = premultiplied.shape
+    side = max(height, width)
+    canvas = premultiplied.new_zeros(4, side, side)
+    y0, x0 = (side - height) // 2, (side - width) // 2
+    canvas[:, y0 : y0 + height, x0 : x0 + width] = premultiplied
+    return canvas
+
+
 # ---------------------------------------------------------------------------- entry point
 def preprocess(
     image: Any,
@@ -417,12 +427,14 @@ def preprocess(
     border_ratio: float = 0.2,
     background: Background = "auto",
     mask_threshold: float = MASK_THRESHOLD,
+    recentre_object: bool = True,
 ) -> PreprocessedImage:
     """Load, segment, recentre, composite on white and resize one input (see module docstring).
 
     ``image`` is anything :func:`load_image` accepts (or a :class:`LoadedImage`); ``size`` the
     generator's square resolution; ``background`` "auto" (alpha, else rembg), "rembg" (always
-    re-segment) or "as-is" (alpha, else the plain-background estimate).
+    re-segment) or "as-is" (alpha, else the plain-background estimate). With
+    ``recentre_object=False`` the framing is kept (the image is only padded to a square).
     """
     if background not in BACKGROUND_MODES:
         raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
@@ -441,7 +453,10 @@ def preprocess(
             hint="give an image in which the object is visible (opaque)",
         )
     straight = torch.from_numpy(np.concatenate([loaded.rgba[..., :3], alpha[..., None]], -1)).permute(2, 0, 1)
-    canvas = recentre(_premultiply(straight), torch.from_numpy(mask), border_ratio)
+    if recentre_object:
+        canvas = recentre(_premultiply(straight), torch.from_numpy(mask), border_ratio)
+    else:
+        canvas = pad_to_square(_premultiply(straight))
     small = _resize(canvas, size, size).clamp(0.0, 1.0)
     rgb_on_white = (small[:3] + (1.0 - small[3:])).clamp(0.0, 1.0)
     return PreprocessedImage(

@@ -91,8 +91,12 @@ class SVDGeneratorConfig(GeneratorConfig):
     #: keyword arguments of diffusers' UNetSpatioTemporalConditionModel
     unet: dict[str, Any] = Field(default_factory=lambda: dict(SVD_UNET))
     #: "kl-temporal": diffusers' AutoencoderKLTemporalDecoder (configured by ``vae``);
-    #: "identity": pixel-space diffusion (latents are the images in [-1, 1])
-    autoencoder: Literal["kl-temporal", "identity"] = "kl-temporal"
+    #: "identity": pixel-space diffusion (latents are the images in [-1, 1]);
+    #: "pixel-shuffle": pixel space folded into channels (``pixel_unshuffle`` by
+    #: ``pixel_shuffle_factor``: 3·f² channels at 1/f of the size), lossless and parameter-free,
+    #: so the UNet runs at a smaller resolution (a patchified pixel-space model)
+    autoencoder: Literal["kl-temporal", "identity", "pixel-shuffle"] = "kl-temporal"
+    pixel_shuffle_factor: int = Field(2, ge=1)
     #: keyword arguments of AutoencoderKLTemporalDecoder (ignored for "identity")
     vae: dict[str, Any] = Field(default_factory=lambda: dict(SVD_VAE))
     #: "clip": CLIP image embedding for cross-attention + concatenated image latent (SVD);
@@ -147,6 +151,8 @@ class SVDGeneratorConfig(GeneratorConfig):
     # ------------------------------------------------------------------ derived values
     @property
     def latent_channels(self) -> int:
+        if self.autoencoder == "pixel-shuffle":
+            return 3 * self.pixel_shuffle_factor**2
         return 3 if self.autoencoder == "identity" else int(self.vae.get("latent_channels", 4))
 
     @property
@@ -154,6 +160,8 @@ class SVDGeneratorConfig(GeneratorConfig):
         """Image pixels per latent pixel (8 for the SVD VAE, 1 in pixel space)."""
         if self.autoencoder == "identity":
             return 1
+        if self.autoencoder == "pixel-shuffle":
+            return self.pixel_shuffle_factor
         return 2 ** (len(self.vae.get("block_out_channels", [64])) - 1)
 
     @property
@@ -176,7 +184,7 @@ class SVDGeneratorConfig(GeneratorConfig):
 
     @property
     def scaling_factor(self) -> float:
-        return 1.0 if self.autoencoder == "identity" else float(self.vae.get("scaling_factor", 0.18215))
+        return 1.0 if self.autoencoder != "kl-temporal" else float(self.vae.get("scaling_factor", 0.18215))
 
     def feedback_slots(self) -> list[FeedbackSlot]:
         """One slot per UNet resolution: stride latent_stride·2^i with the block's channels
@@ -274,6 +282,30 @@ PRESETS: dict[str, dict[str, Any]] = {
         "image_encoder": _TINY_CLIP,
         "variant": None,
         **_OFFICIAL_MODES,
+    },
+    # the shipped trained tiny model (recipes/tiny.yaml): 32² pixels folded 2x2 into 12
+    # channels, no CLIP, three UNet levels (16², 8², 4²), spatial + temporal (cross-view)
+    # attention on the upper two
+    "tiny32": {
+        "image_size": 32,
+        "autoencoder": "pixel-shuffle",
+        "pixel_shuffle_factor": 2,
+        "image_conditioning": "concat",
+        "unet": {
+            "sample_size": 16,
+            "in_channels": 24,
+            "out_channels": 12,
+            "down_block_types": ["CrossAttnDownBlockSpatioTemporal", "CrossAttnDownBlockSpatioTemporal", "DownBlockSpatioTemporal"],
+            "up_block_types": ["UpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal", "CrossAttnUpBlockSpatioTemporal"],
+            "block_out_channels": [64, 128, 128],
+            "addition_time_embed_dim": 8,
+            "projection_class_embeddings_input_dim": 24,
+            "layers_per_block": 1,
+            "cross_attention_dim": 32,
+            "num_attention_heads": [2, 4, 4],
+            "num_frames": 8,
+        },
+        "variant": None,
     },
     # tiny pixel-space model without CLIP: 16² images diffused directly
     "tiny-pixel": {

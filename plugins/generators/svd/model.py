@@ -140,7 +140,10 @@ class SVDGenerator(MultiViewGenerator):
 
     def _vae_mode(self, x: torch.Tensor) -> torch.Tensor:
         """Unscaled latent (distribution mode) of ``x`` ``(N, 3, H, W)`` in [-1, 1] — SVD's
-        conditioning latent; the pixels themselves for the identity autoencoder."""
+        conditioning latent; the pixels themselves for the identity autoencoder, folded into
+        channels for the pixel-shuffle one."""
+        if self.config.autoencoder == "pixel-shuffle":
+            return F.pixel_unshuffle(x, self.config.pixel_shuffle_factor)
         if self.vae is None:
             return x
         vae_dtype = self.vae.encoder.conv_in.weight.dtype
@@ -337,6 +340,9 @@ class SVDGenerator(MultiViewGenerator):
         The temporal decoder sees the V' frames of one object together (``num_frames=V'``).
         """
         B, V = latents.shape[:2]
+        if self.config.autoencoder == "pixel-shuffle":
+            pixels = F.pixel_shuffle(latents.float().flatten(0, 1), self.config.pixel_shuffle_factor)
+            return (pixels.reshape(B, V, *pixels.shape[1:]) + 1) / 2
         if self.vae is None:
             return (latents.float() + 1) / 2
         vae_dtype = self.vae.decoder.conv_in.weight.dtype

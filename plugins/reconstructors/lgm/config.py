@@ -148,7 +148,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "time_input": "none",
         "rotation": "per_gaussian",
     },
-    # CPU tests and the tiny recipe: 64x64 input, 32x32 splats, about 377k parameters
+    # the shipped trained tiny model (recipes/tiny.yaml): 32x32 input, 16x16 splats per view
+    "tiny32": {
+        "input_size": 32,
+        "down_channels": (32, 64, 128),
+        "down_attention": (False, False, True),
+        "mid_attention": True,
+        "up_channels": (128, 64),
+        "up_attention": (True, False),
+        "attention_heads": 4,
+        "norm_groups": 8,
+        "time_proj_channels": 32,
+        "time_embed_channels": 64,
+        "time_input": "paper",
+        "rotation": "per_gaussian",
+    },
+    # CPU tests: 64x64 input, 32x32 splats, about 377k parameters
     "tiny": {
         "input_size": 64,
         "down_channels": (16, 32, 32),
