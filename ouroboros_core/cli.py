@@ -318,16 +318,21 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .runs import evaluate
+    from .evaluation import evaluate, markdown_table, parse_variants
 
+    compare = parse_variants(args.compare)
     recipe = _recipe_with_device(args)
     lpips_net = None if args.lpips == "none" else args.lpips
     if lpips_net:  # a missing backbone download fails now, not after generating every object
         from .preflight import check_lpips
 
         check_lpips(lpips_net, args.lpips_random_trunk)
-    result = evaluate(recipe, args.limit, args.output, lpips_net, args.lpips_random_trunk)
-    print(json.dumps({"objects": result["objects"], "mean": result["mean"], "lpips": result["lpips"]}, indent=2))
+    result = evaluate(recipe, args.limit, args.output, lpips_net, args.lpips_random_trunk, compare=compare, progress=not args.quiet)
+    if compare:
+        print(markdown_table(result), end="")
+    else:
+        means = {name: method["mean"] for name, method in result["methods"].items()}
+        print(json.dumps({"objects": result["objects"], "mean": means, "lpips": result["lpips"]}, indent=2))
     return 0
 
 
@@ -337,9 +342,40 @@ def _add_evaluate(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", default=None, help="write the metrics to this JSON file")
     parser.add_argument("--lpips", default="alex", choices=["alex", "vgg", "none"], help="LPIPS backbone (downloaded at first use)")
     parser.add_argument("--lpips-random-trunk", action="store_true", help="offline smoke tests only: LPIPS with a random backbone")
+    parser.add_argument(
+        "--compare", default=None, metavar="VARIANTS",
+        help="ablation on the same weights: comma-separated sampler variants from none, resample, joint-rgb, joint-ccm, joint (or all); "
+        "writes a markdown table and a bar chart beside the -o JSON",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--device", default=None)
     add_overrides_argument(parser)
     parser.set_defaults(func=_evaluate)
+
+
+# ---------------------------------------------------------------------- data
+def _data_synth(args: argparse.Namespace) -> int:
+    from .data.synth import synthesize
+
+    root = synthesize(args.output, args.objects, args.seed, args.split, args.size, args.workers, progress=not args.quiet)
+    print(f"{args.objects} {args.split} objects in {root} (official layout: trainer.data.kind=official trainer.data.root={root})")
+    return 0
+
+
+def _add_data(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="data_command", required=True, metavar="{synth}")
+    p = sub.add_parser(
+        "synth", parents=[_common()],
+        help="write procedural objects (16-view orbit renders + meta.json) in the official dataset layout",
+    )
+    p.add_argument("-o", "--output", required=True, help="dataset folder (created; finished objects are kept and skipped)")
+    p.add_argument("--objects", type=int, required=True, help="number of objects")
+    p.add_argument("--seed", type=int, default=0, help="world seed (default 0)")
+    p.add_argument("--split", default="train", choices=["train", "heldout"], help="train and heldout objects never overlap")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels (default 64)")
+    p.add_argument("--workers", type=int, default=1, help="processes rendering in parallel")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_data_synth)
 
 
 COMMANDS: list[tuple[str, str, AddArguments]] = [
@@ -349,6 +385,7 @@ COMMANDS: list[tuple[str, str, AddArguments]] = [
     ("plugins", "list and check installed plugins", _add_plugins),
     ("recipes", "list, show and validate recipes", _add_recipes),
     ("weights", "inspect and convert checkpoints", _add_weights),
+    ("data", "make training and evaluation data", _add_data),
 ]
 
 

@@ -81,6 +81,9 @@ class SamplerConfig(_Section):
     final_reconstruction: Literal["fresh", "last_step"] = "fresh"
     #: decode only the views the reconstructor reads (feedback maps still cover every view)
     decode_only_input_views: bool = False
+    #: which map kinds are fed back (``None``: every encoder's); encoders of the other kinds
+    #: keep seeing zero maps, their input at step 0 (ablations on one set of weights)
+    feedback_maps: list[str] | None = None
 
 
 class LossConfig(_Section):

@@ -1,4 +1,5 @@
-"""Training and evaluation runs driven by a recipe (what ``ouroboros3d train|evaluate`` do).
+"""Training runs driven by a recipe (what ``ouroboros3d train`` does; evaluation is
+:mod:`ouroboros_core.evaluation`).
 
 A training run folder holds everything needed to continue or use it::
 
@@ -23,8 +24,7 @@ import torch
 import yaml
 
 from .build import build_components, resolve_device
-from .cameras import Cameras
-from .data import build_dataset, collate_multiview, make_dataloader
+from .data import build_dataset, make_dataloader
 from .errors import RecipeError, UserError
 from .recipe import Recipe
 
@@ -147,58 +147,3 @@ def train(
         modules = [components["generator"], components["reconstructor"], *components["feedback"]]
         export_weights(recipe, modules, run_dir)
     return run_dir
-
-
-@torch.no_grad()
-def evaluate(
-    recipe: Recipe,
-    limit: int | None = None,
-    output: str | Path | None = None,
-    lpips_net: str | None = "alex",
-    lpips_random_trunk: bool = False,
-) -> dict[str, Any]:
-    """Generate every object of ``trainer.data`` from its first view and score the generated
-    views and the reconstruction's renders against the ground truth (PSNR, SSIM, LPIPS).
-
-    The object's own cameras are used, so the views are directly comparable. Writes
-    ``metrics.json`` to ``output`` when given; returns the means and per-object values.
-    """
-    from .metrics import lpips, psnr, ssim
-    from .pipeline import ImageTo3DPipeline
-
-    _check_data(recipe)
-    pipe = ImageTo3DPipeline.from_recipe(recipe)
-    dataset = _dataset(recipe, random_start_view=False)
-    count = len(dataset) if limit is None else min(limit, len(dataset))
-    per_object: list[dict[str, Any]] = []
-    for index in range(count):
-        item = collate_multiview([dataset[index]])
-        gt = item["images"].to(pipe.device)
-        cams: Cameras = item["cameras"].to(pipe.device)
-        rng = torch.Generator(device=pipe.device).manual_seed(recipe.model.seed + index)
-        out = pipe.sampler(gt[:, 0].to(pipe.dtype), cams, generator=rng)
-        size = gt.shape[-1]
-        renders = out.representation.render(cams, size, size, background=1.0).rgb.float().clamp(0, 1)
-        scores: dict[str, Any] = {"id": item["ids"][0]}
-        for name, pred in (("views", out.views.float().clamp(0, 1)), ("renders", renders)):
-            scores[f"{name}.psnr"] = float(psnr(pred, gt).mean())
-            scores[f"{name}.ssim"] = float(ssim(pred, gt).mean())
-            if lpips_net:
-                scores[f"{name}.lpips"] = float(lpips(pred, gt, lpips_net, lpips_random_trunk).mean())
-        per_object.append(scores)
-    keys = [k for k in per_object[0] if k != "id"] if per_object else []
-    result = {
-        "recipe": recipe.name,
-        "objects": count,
-        "mean": {k: sum(o[k] for o in per_object) / count for k in keys},
-        "per_object": per_object,
-        "lpips": None if not lpips_net else (f"{lpips_net} (RANDOM trunk: not a perceptual metric)" if lpips_random_trunk else lpips_net),
-    }
-    if output is not None:
-        from .io.atomic import atomic_write
-
-        target = Path(output)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(target) as tmp:
-            tmp.write_text(json.dumps(result, indent=2))
-    return result

@@ -30,7 +30,7 @@ import torch
 
 from .cameras import Cameras
 from .edm import euler_step, heun_step, initial_noise_scale, karras_sigmas
-from .errors import SamplingError
+from .errors import RecipeError, SamplingError
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, Representation, encode_feedback
 from .maps import feedback_maps, zero_maps
 from .recipe import MapsConfig, SamplerConfig
@@ -129,6 +129,12 @@ class RecursiveSampler:
         self.maps_config = maps_config
         # each map kind once, in the order the encoders ask for them
         self.map_kinds = list(dict.fromkeys(e.map_kind for e in self.encoders))
+        unknown = sorted(set(sampler_config.feedback_maps or ()) - set(self.map_kinds))
+        if unknown:
+            raise RecipeError(
+                f"sampler.feedback_maps: {unknown} is not read by any feedback encoder",
+                hint=f"choose from {self.map_kinds} (the encoders' map kinds), or leave it unset",
+            )
 
     # ------------------------------------------------------------------ schedule
     def sigmas(self, device: torch.device | None = None) -> torch.Tensor:
@@ -241,6 +247,8 @@ class RecursiveSampler:
                         out = representation.render(cameras, size, size, background=self.maps_config.rgb_background)
                         if self.map_kinds:
                             maps = feedback_maps(out, cameras, self.map_kinds, self.maps_config)
+                            if cfg.feedback_maps is not None:  # the others stay at their step-0 zeros
+                                maps = {k: m if k in cfg.feedback_maps else torch.zeros_like(m) for k, m in maps.items()}
                             maps_changed = True
                 if cfg.mode == "resample":
                     with timer("encode"):

@@ -77,6 +77,10 @@ def synthesize(root: str | Path, num_objects: int, seed: int = 0, split: str = "
     """Write objects ``0 .. num_objects - 1`` of ``split`` under ``root`` (skipping finished ones)."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}", hint=f"use one of {', '.join(SPLITS)}")
+    if num_objects < 1:
+        raise UserError(f"--objects must be at least 1, got {num_objects}")
+    if size < 8:
+        raise UserError(f"--size must be at least 8 pixels, got {size}")
     root = Path(root)
     if root.exists() and not root.is_dir():
         raise UserError("the output path is a file", where=str(root), hint="give a folder for the dataset")

@@ -61,8 +61,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # match the svd generator's tiny presets (slots 32@8, 64@16)
     "tiny": {**_TINY},
     "tiny-paper": {**_TINY, "zero_init_outputs": True},
-    # match svd's tiny32 preset (slots 64@2, 128@4, 128@8), starting as an exact no-op
-    "tiny32": {"channels": [64, 128, 128], "num_res_blocks": 1, "downscale": 2, "zero_init_outputs": True},
+    # match svd's tiny32 preset (slots 32@2, 64@4, 64@8), starting as an exact no-op
+    "tiny32": {"channels": [32, 64, 64], "num_res_blocks": 1, "downscale": 2, "zero_init_outputs": True},
     # match svd's tiny-pixel preset (slots 32@1, 64@2)
     "tiny-pixel": {**_TINY, "downscale": 1},
 }

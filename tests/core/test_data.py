@@ -20,8 +20,8 @@ from ouroboros_core.data import (
     collate_multiview,
     make_dataloader,
 )
-from ouroboros_core.data.procedural import Primitive, render_scene
-from ouroboros_core.errors import InputError, RecipeError
+from ouroboros_core.data.procedural import SCENE_RADIUS, Primitive, _random_rotation, render_scene, scene_sdf
+from ouroboros_core.errors import InputError, RecipeError, UserError
 from ouroboros_core.recipe import DataConfig
 
 N_ORBIT = 16
@@ -121,14 +121,27 @@ def test_official_resize_and_collate(fake_root):
     assert isinstance(batch["cameras"], Cameras) and batch["cameras"].c2w.shape == (2, 4, 4, 4)
 
 
-def test_official_errors_name_the_file(fake_root, tmp_path_factory):
+def test_broken_objects_are_skipped_counted_and_named(fake_root, caplog):
     (fake_root / "obj_a" / "meta.json").unlink()
     ds = OfficialMultiViewDataset(fake_root, fake_root / "ids.txt", image_size=SIZE)
-    with pytest.raises(InputError, match="obj_a/meta.json: meta.json is missing"):
-        ds[1]
+    with caplog.at_level("WARNING"):
+        item = ds[1]  # obj_a is broken: the next readable object (wrapping around) comes instead
+    assert item["id"] == "obj_b" and ds.skipped == {"obj_a"}
+    assert "obj_a/meta.json: meta.json is missing" in caplog.text and "1 skipped" in caplog.text
+    assert ds[1]["id"] == "obj_b"  # known broken: not read again
+    # a corrupt view is a broken object too
+    write_object(fake_root, "obj_c")
+    (fake_root / "obj_c" / "render_0000.png").write_bytes(b"not a png")
+    ds = OfficialMultiViewDataset(fake_root, image_size=SIZE, random_start_view=False)
+    assert ds.ids == ["obj_b", "obj_c"]  # obj_a has no meta.json: not an object of the folder
+    assert [ds[i]["id"] for i in range(len(ds))] == ["obj_b", "obj_b"]
+    assert ds.skipped == {"obj_c"}
+    # nothing readable: one error naming the first problem, no endless retry
     wrong = OfficialMultiViewDataset(fake_root, fake_root / "ids.txt", image_size=SIZE, orbit_views=32)
-    with pytest.raises(InputError, match="16 locations, expected 32.*orbit_views"):
+    with pytest.raises(InputError) as err:
         wrong[0]
+    assert "none of the 2 objects can be read" in err.value.format()
+    assert "16 locations, expected 32" in err.value.format() and "orbit_views" in err.value.format()
     with pytest.raises(InputError, match="ids file does not exist"):
         OfficialMultiViewDataset(fake_root, fake_root / "nope.txt")
     with pytest.raises(RecipeError, match="trainer.data.root"):
@@ -180,26 +193,102 @@ def test_procedural_sphere_silhouette_and_depth_match_geometry():
     assert (depth[alpha == 0] == 0).all()
 
 
-def box_sdf(p: torch.Tensor, prim: Primitive) -> torch.Tensor:
-    q = (p - prim.center).abs() - prim.size
-    return q.clamp_min(0).norm(dim=-1) + q.max(-1).values.clamp_max(0)
-
-
-def test_procedural_foreground_points_lie_on_primitives():
-    ds = ProceduralMultiViewDataset(num_objects=4, num_views=8, image_size=20, seed=3)
-    for index in range(4):
+def test_procedural_foreground_points_lie_on_the_parts():
+    ds = ProceduralMultiViewDataset(num_objects=6, num_views=8, image_size=20, seed=3)
+    kinds = set()
+    for index in range(6):
         scene = ds.scene(index)
+        kinds |= {p.kind for p in scene}
         cams = ds.cameras.to(dtype=torch.float64)
         _, alpha, depth = render_scene(scene, cams, 20, 20)
-        assert torch.equal(alpha, ds[index]["alpha"])
         pts = unproject_depth(depth[None].double(), cams)[0].permute(0, 2, 3, 1)[alpha[:, 0] > 0]  # (N, 3)
-        dist = torch.stack(
-            [
-                ((pts - p.center).norm(dim=-1) - p.size[0]).abs() if p.kind == "sphere" else box_sdf(pts, p).abs()
-                for p in scene
-            ]
-        ).min(0).values
-        assert dist.max().item() < 1e-4  # float32 depth at ~1.5 m
+        assert len(pts) > 0
+        assert scene_sdf(scene, pts.double())[0].abs().max().item() < 1e-4  # float32 depth at ~1.5 m
+        for part in scene:  # every part lies inside the ball all cameras see whole
+            assert part.center.norm().item() + part.bounding_radius() <= SCENE_RADIUS + 1e-9
+    assert len(kinds) >= 3
+
+
+def _inside(kind: str, p: torch.Tensor, s: list[float]) -> torch.Tensor:
+    """Independent inside tests of the canonical primitives (local frame)."""
+    x, y, z = p.unbind(-1)
+    radial = torch.sqrt(x * x + z * z)
+    if kind == "sphere":
+        return p.norm(dim=-1) < s[0]
+    if kind == "box":
+        return (p.abs() < torch.tensor(s, dtype=p.dtype)).all(-1)
+    if kind == "cylinder":
+        return (radial < s[0]) & (y.abs() < s[1])
+    if kind == "cone":  # radius shrinks linearly from s[0] at y = -h to 0 at y = +h
+        return (y.abs() < s[1]) & (radial < s[0] * (s[1] - y) / (2 * s[1]))
+    if kind == "torus":
+        return (radial - s[0]) ** 2 + y * y < s[1] ** 2
+    return torch.sqrt(x * x + (y - y.clamp(-s[1], s[1])) ** 2 + z * z) < s[0]  # capsule
+
+
+@pytest.mark.parametrize("kind,size", [
+    ("sphere", [0.3]), ("box", [0.1, 0.2, 0.15]), ("cylinder", [0.15, 0.2]),
+    ("cone", [0.2, 0.25]), ("torus", [0.2, 0.07]), ("capsule", [0.1, 0.15]),
+])
+def test_primitive_distances_match_a_brute_force_surface(kind, size):
+    """The sign of each SDF is the independent inside test; outside, its value is the distance
+    to the nearest inside point of a dense grid (within one grid-cell diagonal)."""
+    rot = _random_rotation(torch.Generator().manual_seed(5))
+    part = Primitive(kind, torch.tensor([0.05, -0.02, 0.03], dtype=torch.float64), torch.tensor(size, dtype=torch.float64), torch.ones(3, dtype=torch.float64), rot)
+    g = torch.Generator().manual_seed(1)
+    queries = part.center + (torch.rand(400, 3, generator=g, dtype=torch.float64) - 0.5) * 1.2
+    local = part.local(queries)
+    d = part.sdf(queries)
+    assert torch.equal(d < 0, _inside(kind, local, size))
+    step = 0.008
+    axis = torch.arange(-0.36, 0.36 + 1e-9, step, dtype=torch.float64)
+    grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), -1).reshape(-1, 3)
+    solid = grid[_inside(kind, grid, size)]
+    outside = d > 0.02
+    nearest = torch.cdist(local[outside], solid).min(1).values
+    # no inside point is nearer than the true distance; the grid's nearest is at most a cell diagonal farther
+    assert (d[outside] <= nearest + 1e-9).all()
+    assert (nearest - d[outside]).max().item() < step * math.sqrt(3)
+
+
+def test_splits_never_share_an_object_and_synth_matches_the_procedural_set(tmp_path):
+    from ouroboros_core.data.procedural import scene_seed
+    from ouroboros_core.data.synth import synthesize
+
+    train = {scene_seed(0, "train", i) for i in range(5000)}
+    held = {scene_seed(0, "heldout", i) for i in range(5000)}
+    assert not train & held
+    root = synthesize(tmp_path / "ds", 3, seed=2, split="heldout", size=24, progress=False)
+    assert sorted(p.name for p in root.iterdir()) == ["heldout-00000", "heldout-00001", "heldout-00002", "synth.json"]
+    official = OfficialMultiViewDataset(root, image_size=24, random_start_view=False)
+    memory = ProceduralMultiViewDataset(3, image_size=24, seed=2, split="heldout")
+    for i in range(3):
+        a, b = official[i], memory[i]
+        assert a["id"] == b["id"]
+        assert (a["images"] - b["images"]).abs().max() < 0.01  # 8-bit PNG quantisation
+        assert (a["alpha"] - b["alpha"]).abs().max() < 0.01
+        assert torch.allclose(a["c2w"], b["c2w"], atol=1e-5) and torch.allclose(a["intrinsics"], b["intrinsics"])
+    assert not torch.equal(memory[0]["images"], ProceduralMultiViewDataset(3, image_size=24, seed=2)[0]["images"])
+    # a rerun keeps what is there; other settings in the same folder are refused
+    stamp = (root / "heldout-00001" / "meta.json").stat().st_mtime_ns
+    synthesize(root, 4, seed=2, split="heldout", size=24, progress=False)
+    assert (root / "heldout-00001" / "meta.json").stat().st_mtime_ns == stamp and (root / "heldout-00003").is_dir()
+    with pytest.raises(UserError, match="other settings"):
+        synthesize(root, 4, seed=3, split="heldout", size=24, progress=False)
+
+
+def test_data_synth_command(tmp_path, capsys):
+    from ouroboros_core.cli import main
+
+    assert main(["data", "synth", "-o", str(tmp_path / "d"), "--objects", "2", "--size", "16", "-q"]) == 0
+    assert "2 train objects" in capsys.readouterr().out
+    meta = json.loads((tmp_path / "d" / "train-00001" / "meta.json").read_text())
+    assert len(meta["locations"]) == 16
+    with Image.open(tmp_path / "d" / "train-00001" / "render_0003.png") as img:
+        assert img.mode == "RGBA" and img.size == (16, 16)
+    (tmp_path / "file").write_text("x")
+    assert main(["data", "synth", "-o", str(tmp_path / "file"), "--objects", "2"]) == 2
+    assert "is a file" in capsys.readouterr().err
 
 
 def test_epoch_shuffle_depends_only_on_seed_and_epoch():

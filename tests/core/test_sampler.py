@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from ouroboros_core.edm import euler_step, initial_noise_scale, karras_sigmas
-from ouroboros_core.errors import SamplingError
+from ouroboros_core.errors import RecipeError, SamplingError
 from ouroboros_core.maps import feedback_maps
 from ouroboros_core.recipe import MapsConfig, SamplerConfig
 from ouroboros_core.sampler import STAGES, ProgressBar, RecursiveSampler
@@ -87,6 +87,19 @@ def test_joint_feeds_step_i_maps_into_step_i_plus_1():
     # the feedback changes the result
     none_result = run(make(mode="none")[0])
     assert not torch.allclose(result.views, none_result.views)
+
+
+@pytest.mark.parametrize("fed", [["rgb"], ["ccm"], []])
+def test_feedback_maps_selects_the_kinds_fed_back(fed):
+    sampler, gen, rec, encs = make(mode="joint", feedback_maps=fed)
+    infos = []
+    run(sampler, callbacks=[infos.append])
+    assert len(rec.calls) == STEPS + 1  # the 3D loop runs either way
+    for kind, enc in zip(("rgb", "ccm"), encs):
+        later = torch.stack(enc.seen[1:])
+        assert later.any() if kind in fed else not later.any()  # the others stay at the step-0 zeros
+    with pytest.raises(RecipeError, match=r"sampler.feedback_maps: \['normal'\]"):
+        make(mode="joint", feedback_maps=["normal"])
 
 
 def test_feedback_every_k_steps_keeps_previous_maps():

@@ -290,3 +290,38 @@ def test_gradients_reach_gaussian_cloud_parameters():
     losses["total"].backward()
     for name, p in [*rec.named_parameters(), *encs[1].named_parameters()]:
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+# ---------------------------------------------------------------------- staged objectives
+def test_reconstructor_objective_reconstructs_clean_views_only():
+    gen, rec, encs = components()
+    model = JointModel(gen, rec, encs, config(objective="reconstructor"), MapsConfig())
+    batch = toy_batch()
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], torch.tensor([0.5, 2.0]), True, torch.Generator().manual_seed(0))
+    assert gen.denoise_calls == []  # no diffusion at all
+    assert len(rec.calls) == 1 and rec.calls[0]["sigma"] is None
+    assert torch.allclose(rec.calls[0]["images"], batch["images"][:, [0, 2]])
+    # the loss is the reconstruction loss of the clean reconstruction's renders
+    rep = rec.reconstruct(batch["images"][:, [0, 2]], batch["cameras"].select_views([0, 2]), None)
+    expected = model._recon_loss(rep, batch["images"], batch["alpha"], batch["cameras"])[0]["total"]
+    assert torch.allclose(losses["total"], expected) and set(losses) == {"total", "recon", "recon_clean"}
+    # only the reconstructor trains
+    t = JointTrainer(*components(), config(objective="reconstructor", trainable=["reconstructor"]), MapsConfig(), device="cpu")
+    before = {n: p.detach().clone() for n, p in t.components.named_parameters()}
+    t.train_step([toy_batch()])
+    changed = {n.split(".")[0] for n, p in t.components.named_parameters() if not torch.equal(before[n], p)}
+    assert changed == {"reconstructor"}
+
+
+def test_generator_objective_is_plain_diffusion():
+    gen, rec, encs = components()
+    for e in encs:
+        e.record = True
+    model = JointModel(gen, rec, encs, config(objective="generator"), MapsConfig())
+    batch = toy_batch()
+    sigma = torch.tensor([0.5, 2.0])
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0))
+    assert rec.calls == [] and all(not e.seen for e in encs)  # no reconstruction, no feedback
+    assert [c["feedback"] for c in gen.denoise_calls] == [False]  # one pass, no features
+    assert losses["feedback"].item() == 0.0
+    assert torch.allclose(losses["total"], losses["diffusion"])

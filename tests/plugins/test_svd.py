@@ -486,6 +486,23 @@ def test_pixel_space_without_clip():
     assert x0.shape == (2, 8, 3, 16, 16) and torch.isfinite(x0).all()
 
 
+def test_pixel_shuffle_autoencoder_is_lossless_and_matches_the_slots():
+    gen = _gen("tiny32")
+    assert gen.vae is None and gen.config.latent_channels == 12 and gen.config.latent_stride == 2
+    images = torch.rand(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    z = gen.encode(images)
+    assert z.shape == (2, 8, 12, 16, 16)
+    # channel c*4 + 2i + j of latent pixel (y, x) is pixel (2y + i, 2x + j) of colour c, in [-1, 1]
+    assert torch.equal(z[1, 3, 2 * 4 + 2 * 1 + 0, 5, 7], images[1, 3, 2, 11, 14] * 2 - 1)
+    assert torch.allclose(gen.decode(z), images, atol=1e-6)
+    assert [(s.channels, s.stride) for s in gen.config.feedback_slots()] == [(32, 2), (64, 4), (64, 8)]
+    assert ADAPTER.make_config(None, "tiny32").output_slots() == gen.config.feedback_slots()
+    ctx = gen.prepare(images[:, 0], Cameras.official(2), noise_aug_strength=0.0)
+    with torch.no_grad():
+        x0 = gen.denoise(torch.randn(ctx.latent_shape), torch.tensor([1.0, 2.0]), ctx, _zero_feedback(gen, 2))
+    assert x0.shape == (2, 8, 12, 16, 16) and torch.isfinite(x0).all()
+
+
 def test_a_deep_copy_injects_its_own_tensors():
     """EMA-style copies must keep working: the copy's hooks read the copy's feedback and cameras."""
     import copy
