@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -35,6 +36,24 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+#: local weights files up to this size are hashed into manifests (bigger ones would cost seconds)
+HASH_LIMIT = 512 * 2**20
+
+
+def file_sha256(source: str) -> str | None:
+    """sha256 of ``source`` when it is a local file of at most :data:`HASH_LIMIT` bytes."""
+    import hashlib
+
+    path = Path(source)
+    if not path.is_file() or path.stat().st_size > HASH_LIMIT:
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 @dataclass
 class ComponentInfo:
     """What manifests record about one loaded component."""
@@ -45,6 +64,8 @@ class ComponentInfo:
     version: str
     weights: str | None
     random_init: bool
+    #: sha256 of a local weights file (None for folders, hub ids and files over HASH_LIMIT)
+    sha256: str | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -149,7 +170,8 @@ def build_components(
         else:
             log.info("%s %r has no weights in the recipe: using random initialisation", kind, spec.name)
         reg = registry.entry(kind, spec.name)
-        infos.append(ComponentInfo(kind, spec.name, reg.distribution, reg.version, entry.weights, not entry.weights))
+        digest = file_sha256(entry.weights) if entry.weights else None
+        infos.append(ComponentInfo(kind, spec.name, reg.distribution, reg.version, entry.weights, not entry.weights, digest))
         return module.to(device=device, dtype=dtype)
 
     generator = build("generator", "generator", recipe.generator_spec, recipe.generator_config, model.generator)

@@ -143,8 +143,9 @@ def evaluate(
         cams: Cameras = item["cameras"].to(pipe.device)
         white = torch.ones_like(gt)
         copy = gt[:, :1].expand_as(gt)
-        for name, pred in (("white", white), ("copy-input", copy)):
-            methods[name].append({"id": object_id, **_object_scores(pred, pred, gt, lpips_net, lpips_random_trunk)})
+        for name, pred in (("white", white), ("copy-input", copy)):  # its own "3D": no gap to report
+            scores = _object_scores(pred, pred, gt, lpips_net, lpips_random_trunk)
+            methods[name].append({"id": object_id, **{k: v for k, v in scores.items() if k.split(".")[0] not in ("gap", "consistency")}})
         size = gt.shape[-1]
         for name, sampler in samplers.items():
             rng = torch.Generator(device=pipe.device).manual_seed(recipe.model.seed + index)
@@ -182,7 +183,8 @@ def markdown_table(result: dict[str, Any]) -> str:
     lines = ["| method | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, method in result["methods"].items():
         label = f"*{name}* (baseline)" if name in BASELINES else name
-        cells = [f"{method['mean'][k]:.3f}" if "ssim" in k or "lpips" in k else f"{method['mean'][k]:.2f}" for k, _ in columns]
+        mean = method["mean"]
+        cells = ["—" if k not in mean else f"{mean[k]:.3f}" if "ssim" in k or "lpips" in k else f"{mean[k]:.2f}" for k, _ in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -4,7 +4,7 @@
 A training run folder holds everything needed to continue or use it::
 
     <run>/recipe.yaml              the resolved recipe
-    <run>/log.jsonl                one line of losses per optimiser step
+    <run>/log.jsonl                one line of losses (and seconds since start) per optimiser step
     <run>/checkpoints/step-N/      resumable trainer state (safetensors + JSON)
     <run>/weights/<part>.safetensors  each component's weights (EMA when enabled)
     <run>/trained.yaml             a recipe using those weights: ``generate --recipe <run>/trained.yaml``
@@ -125,7 +125,9 @@ def train(
         bar = tqdm(total=total, initial=trainer.step, desc="training")
 
     def record(info) -> None:
-        log_file.write(json.dumps({"step": info.step, "lr": info.lr, **info.losses}) + "\n")
+        # "time": seconds since this process started training (a resumed run starts again at 0)
+        line = {"step": info.step, "lr": info.lr, "time": round(time.perf_counter() - start, 3), **info.losses}
+        log_file.write(json.dumps(line) + "\n")
         log_file.flush()
         if bar is not None:
             bar.set_postfix(loss=f"{info.losses.get('total', math.nan):.4g}")
