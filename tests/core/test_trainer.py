@@ -120,6 +120,44 @@ def test_pass_structure_and_gradients_reach_reconstructor_and_encoders():
     assert gen.feedback_gain.grad.abs() > 0 and gen.offset.grad.abs() > 0
 
 
+def test_self_conditioning_maps_are_rendered_from_the_sigma_reconstruction():
+    """Pass 2 sees the maps of the reconstruction made from decoded x0 at sigma, never those of
+    the clean ground-truth reconstruction (that would leak ground truth into training and make
+    training differ from inference). The toy reconstructor's two outputs are made to differ."""
+    from ouroboros_core.maps import canonical_coordinate_map
+
+    gen, rec, encs = components()
+    with torch.no_grad():
+        rec.sigma_weight.fill_(0.4)  # the colour depends on sigma: sigma and clean outputs differ
+    for e in encs:
+        e.record = True
+    maps_config = MapsConfig(rgb_background=0.8)
+    model = JointModel(gen, rec, encs, config(), maps_config)
+    batch = toy_batch()
+    sigma = torch.tensor([0.5, 2.0])
+    model(batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0))
+    noisy_call, clean_call = rec.calls
+    assert noisy_call["sigma"] is not None and clean_call["sigma"] is None
+
+    def hand_maps(images, sig):
+        """The toy's sphere, rebuilt from its formula, rendered at the generator's size."""
+        t = torch.zeros(2) if sig is None else 0.25 * torch.log(sig)
+        color = rec.color_gain * images.mean(dim=(1, 3, 4)) + rec.color_bias + rec.sigma_weight * t[:, None]
+        out = SphereCloud(color.detach(), rec.log_radius.exp().detach().expand(2)).render(batch["cameras"], 16, 16, background=0.8)
+        return out.rgb, canonical_coordinate_map(out.depth, out.alpha, batch["cameras"])
+
+    rgb_sigma, ccm_sigma = hand_maps(noisy_call["images"], sigma)
+    rgb_clean, _ = hand_maps(batch["images"][:, [0, 2]], None)
+    assert (rgb_sigma - rgb_clean).abs().max() > 0.05  # the two reconstructions look different
+    seen_rgb, seen_ccm = encs[0].seen[1], encs[1].seen[1]
+    err, err_clean = float((seen_rgb - rgb_sigma).abs().max()), float((seen_rgb - rgb_clean).abs().max())
+    assert err < 1e-5, (
+        "self-conditioning pass 2 must see the RGB map rendered from the sigma reconstruction (decoded x0): "
+        f"max error {err:.3g}; against the clean ground-truth reconstruction's render it is {err_clean:.3g}"
+    )
+    assert float((seen_ccm - ccm_sigma).abs().max()) < 1e-5, "pass 2's CCM must come from the sigma reconstruction's render"
+
+
 @pytest.mark.parametrize("detach", [False, True])
 def test_diffusion_loss_trains_reconstructor_through_feedback_unless_detached(detach):
     gen, rec, encs = components()
