@@ -227,6 +227,55 @@ def test_convert_file_refuses_mismatch_and_writes_nothing(tmp_path):
         W.convert_file(tmp_path / "bad.pth", tmp_path / "bad.bin", SPEC)
 
 
+# ----------------------------------------------------------------------------- shape-only mismatch
+def _shape_only_mismatch(tmp_path, suffix=".safetensors"):
+    """Every key the module expects, no extra key, but ``body.bias`` has 5 values instead of 4."""
+    sd = _state()
+    sd["body.bias"] = torch.arange(5.0)
+    path = tmp_path / f"reshaped{suffix}"
+    save_file(sd, path) if suffix == ".safetensors" else torch.save(sd, path)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_shape_only_mismatch_is_refused_by_inspect_convert_and_loading(tmp_path, suffix):
+    path = _shape_only_mismatch(tmp_path, suffix)
+    report = W.inspect_file(path, SPEC)
+    assert not report.diff.missing and not report.diff.unexpected  # the names all match
+    text = report.format()
+    assert not report.ok, f"inspect must refuse a file whose shapes differ (it said:\n{text})"
+    assert "1 shape mismatch(es): body.bias (file [5] vs model [4])" in text and text.endswith("does NOT load")
+
+    out = tmp_path / "out" / "converted.safetensors"
+    with pytest.raises(WeightsError, match=r"body.bias \(file \[5\] vs model \[4\]\)"):
+        W.convert_file(path, out, SPEC)
+    assert not out.exists() and not (out.parent.exists() and any(out.parent.iterdir())), "convert wrote a file for mismatched shapes"
+
+    module = Toy(ToyConfig())
+    before = {k: v.clone() for k, v in module.state_dict().items()}
+    with pytest.raises(WeightsError, match=r"shape mismatch\(es\): body.bias \(file \[5\] vs model \[4\]\)"):
+        W.load_file(module, path)  # our error naming the key and both shapes, not torch's RuntimeError
+    assert all(torch.equal(before[k], v) for k, v in module.state_dict().items())  # nothing half-loaded
+
+
+def test_cli_weights_commands_refuse_a_shape_only_mismatch(tmp_path, capsys, toy_registry, toy_plugin_cls, monkeypatch):
+    from ouroboros_core import registry as registry_module
+    from ouroboros_core.cli import main
+
+    toy_registry.add_plugin(toy_plugin_cls([SPEC]), name="weights-toy", distribution="weights-toy", version="1.0")
+    monkeypatch.setattr(registry_module, "_default", toy_registry)
+    path = _shape_only_mismatch(tmp_path)
+    code = main(["weights", "inspect", str(path), "--component", "toy"])
+    out = capsys.readouterr().out
+    assert code == 1, f"weights inspect must exit 1 on a shape mismatch, got {code}:\n{out}"
+    assert "body.bias (file [5] vs model [4])" in out and "does NOT load" in out
+    target = tmp_path / "converted.safetensors"
+    code = main(["weights", "convert", str(path), "-o", str(target), "--component", "toy"])
+    err = capsys.readouterr().err
+    assert code != 0 and "body.bias (file [5] vs model [4])" in err
+    assert not target.exists() and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+
+
 def test_protocol_is_optional():
     plain = nn.Linear(2, 2)
     sd = {"weight": torch.zeros(2, 2)}
