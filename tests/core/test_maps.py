@@ -136,3 +136,63 @@ def test_feedback_maps_dispatch_and_zero_maps():
         feedback_maps(render, cams, ["normals"], MapsConfig())
     z = zero_maps(["rgb", "ccm"], (2, 8, 3, 4, 4))
     assert set(z) == {"rgb", "ccm"} and all(t.abs().sum() == 0 for t in z.values())
+
+
+def test_soft_alpha_up_to_the_threshold_is_background_through_the_dispatch():
+    """Pixels on the surface whose alpha lies in (0, alpha_threshold] get ccm_background; the
+    recipe's bound, background and threshold all reach the canonical map via feedback_maps."""
+    cams = Cameras.official(dtype=torch.float64)
+    H = W = 16
+    depth, hit, points = sphere_depth(cams, H, W)
+    levels = np.array([0.05, 0.2, 0.375, 0.4, 0.45, 0.8, 1.0])  # threshold 0.375 (exact in binary)
+    alpha = hit * levels[np.arange(H * W).reshape(H, W) % len(levels)]
+    config = MapsConfig(bound=0.6, ccm_background=0.2, alpha_threshold=0.375)
+    render = RenderOutput(rgb=torch.zeros(1, 8, 3, H, W, dtype=torch.float64), alpha=torch.from_numpy(alpha), depth=torch.from_numpy(depth))
+    ccm = feedback_maps(render, cams, ["ccm"], config)["ccm"].numpy()
+    soft = (alpha > 0) & (alpha <= 0.375)
+    assert soft.sum() > 50 and (alpha > 0.375).sum() > 50 and ((alpha > 0.375) & (alpha < 0.5)).sum() > 20
+    soft3 = np.broadcast_to(soft, ccm.shape)
+    assert np.all(ccm[soft3] == 0.2), (
+        f"canonical map: {int((ccm[soft3] != 0.2).sum())} channel values of surface pixels with alpha in (0, alpha_threshold] "
+        "are not ccm_background (alpha_threshold ignored?)"
+    )
+    fg = np.broadcast_to(alpha > 0.375, ccm.shape)
+    expected = np.clip((points / 0.6 + 1) / 2, 0, 1)  # bound 0.6
+    np.testing.assert_allclose(ccm[fg], expected[fg], atol=1e-9, err_msg="foreground must be world xyz mapped from [-bound, bound]")
+    assert np.all(ccm[np.broadcast_to(alpha == 0, ccm.shape)] == 0.2)
+
+
+def test_maps_of_a_rendered_sphere_equal_hand_computed_values():
+    """A sphere of radius 0.4 and colour c at the origin, rendered by the toy sphere
+    representation into the official orbit: at each image centre (odd size, so a pixel centre
+    lies on the optical axis) the surface point facing the camera is R (sin az, 0, cos az);
+    the corners miss the sphere; along the centre row the sphere covers the pixels within the
+    silhouette half-angle asin(R / d). All expected values are worked out by hand below."""
+    from toys import SphereCloud
+
+    cams = Cameras.official()
+    H = W = 33
+    c = torch.tensor([[0.9, 0.3, 0.1]])
+    render = SphereCloud(c, torch.tensor([RADIUS]), softness=0.002).render(cams, H, W, background=0.7)
+    maps = feedback_maps(render, cams, ["rgb", "ccm", "alpha"], MapsConfig(bound=0.5, ccm_background=0.1, rgb_background=0.7))
+    rgb, ccm = maps["rgb"][0], maps["ccm"][0]
+    d = 1.7416968
+    for v, az in [(0, 0.0), (1, 45.0), (2, 90.0), (4, 180.0), (6, 270.0)]:
+        s, co = np.sin(np.radians(az)), np.cos(np.radians(az))
+        # the surface point facing the camera, (p / bound + 1) / 2 with bound 0.5
+        np.testing.assert_allclose(ccm[v, :, 16, 16].numpy(), [(0.4 * s / 0.5 + 1) / 2, 0.5, (0.4 * co / 0.5 + 1) / 2], atol=1e-5)
+        np.testing.assert_allclose(rgb[v, :, 16, 16].numpy(), [0.9, 0.3, 0.1], atol=1e-5)
+        assert render.depth[0, v, 0, 16, 16].item() == pytest.approx(d - 0.4, abs=1e-5)  # camera z of that point
+        for i, j in [(0, 0), (0, 32), (32, 0), (32, 32)]:  # corners: background
+            np.testing.assert_allclose(rgb[v, :, i, j].numpy(), 0.7, atol=1e-6)
+            np.testing.assert_allclose(ccm[v, :, i, j].numpy(), 0.1, atol=0)
+    # silhouette along the centre row of view 0: |x_cam| / z < tan(asin(R / d)) at the pixel centre
+    fx = 0.5 / np.tan(np.radians(39.59775) / 2)
+    offsets = np.abs((np.arange(W) + 0.5) / W - 0.5) / fx
+    inside = offsets < np.tan(np.arcsin(RADIUS / d))
+    assert 5 < inside.sum() < W
+    covered = (render.alpha[0, 0, 0, 16] > 0.5).numpy()
+    np.testing.assert_array_equal(covered, inside)
+    # each covered pixel's canonical value decodes to a point on the sphere (|p| = R)
+    points = ccm[0, :, 16].numpy().T[inside] * 2 * 0.5 - 0.5
+    np.testing.assert_allclose(np.linalg.norm(points, axis=1), RADIUS, atol=1e-4)
