@@ -137,6 +137,13 @@ class SVDGeneratorConfig(GeneratorConfig):
     #: output; "paper": after the last layer of every down block (before its last skip is
     #: stored); "none": the generator takes no feedback
     feedback_placement: Literal["official", "paper", "none"] = "paper"
+    #: cross-attention context of the temporal (cross-view) transformer blocks when one UNet
+    #: call holds several batch elements (the CFG pair [unconditional, conditional], or
+    #: several objects): "correct": every element reads its own image embedding (diffusers
+    #: >= 0.30); "official": diffusers 0.25.0's ordering, which the official code ran on,
+    #: where flat row k of batch·(h·w) rows reads element k mod batch (see
+    #: injection.OfficialTimeContext). Batch-1 calls are identical either way.
+    cfg_time_context: Literal["official", "correct"] = "correct"
 
     # ------------------------------------------------------------------ weights
     #: diffusers folder or hub id (``unet/``, ``vae/``, ``image_encoder/``) loaded before a
@@ -259,7 +266,7 @@ _TINY_CLIP: dict[str, Any] = {
     "patch_size": 8,
     "projection_dim": 32,
 }
-_OFFICIAL_MODES: dict[str, Any] = {"rays": "official", "feedback_placement": "official"}
+_OFFICIAL_MODES: dict[str, Any] = {"rays": "official", "feedback_placement": "official", "cfg_time_context": "official"}
 
 PRESETS: dict[str, dict[str, Any]] = {
     # full-size SVD img2vid + Ouroboros3D additions, paper behaviour (= the class defaults)

@@ -121,3 +121,47 @@ class _AddToOutput:
         if isinstance(output, tuple):  # transformer blocks called with return_dict=False
             return (output[0] + extra.to(output[0].dtype), *output[1:])
         return output + extra.to(output.dtype)
+
+
+# ---------------------------------------------------------------------- diffusers 0.25.0 context order
+class OfficialTimeContext:
+    """Forward pre-hook on a ``TemporalBasicTransformerBlock`` that gives its cross-attention
+    the context ordering of diffusers 0.25.0, the version the official code pins.
+
+    ``TransformerSpatioTemporalModel.forward`` hands its temporal blocks one context row per
+    (batch element, spatial position). The blocks order their hidden rows batch-major
+    (``b·hw + s``). diffusers 0.25.0 built the context position-major instead
+    (``broadcast_to(hw, batch, 1, C).reshape(hw·batch, 1, C)``), so row ``k`` read the first
+    frame's embedding of element ``k mod batch``; with the official CFG pair
+    [unconditional, conditional] both halves see the zero embedding at even rows and the image
+    embedding at odd ones. diffusers >= 0.30 builds it batch-major. This hook receives the
+    batch-major context and re-indexes it into the 0.25.0 order; with batch 1 it leaves the
+    call untouched (both orders coincide).
+    """
+
+    def __call__(self, module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+        context = kwargs.get("encoder_hidden_states")
+        if context is None:
+            return None
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        num_frames = kwargs["num_frames"] if "num_frames" in kwargs else args[1]
+        batch = hidden.shape[0] // num_frames
+        if batch == 1:
+            return None
+        rows = context.shape[0]  # batch · hw
+        first = context.reshape(batch, rows // batch, *context.shape[1:])[:, 0]  # (batch, n, C)
+        order = torch.arange(rows, device=context.device) % batch
+        return args, {**kwargs, "encoder_hidden_states": first[order]}
+
+
+def install_official_time_context(unet: nn.Module) -> list[Any]:
+    """Register :class:`OfficialTimeContext` on every temporal transformer block of ``unet``
+    (those of ``TransformerSpatioTemporalModel``); returns the hook handles."""
+    from diffusers.models.transformers.transformer_temporal import TransformerSpatioTemporalModel
+
+    handles = []
+    for module in unet.modules():
+        if isinstance(module, TransformerSpatioTemporalModel):
+            for block in module.temporal_transformer_blocks:
+                handles.append(block.register_forward_pre_hook(OfficialTimeContext(), with_kwargs=True))
+    return handles

@@ -38,7 +38,7 @@ from ouroboros_core.interfaces import GenerationContext, MultiViewGenerator
 from . import weights as svd_weights
 from .camera import build_plucker_mlps, harmonic_encoding, plucker_field
 from .config import SVDGeneratorConfig, harmonic_dim
-from .injection import UNetInjector
+from .injection import UNetInjector, install_official_time_context
 
 
 def build(config: SVDGeneratorConfig) -> "SVDGenerator":
@@ -92,6 +92,8 @@ class SVDGenerator(MultiViewGenerator):
         self.register_buffer("clip_mean", torch.tensor(config.clip_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("clip_std", torch.tensor(config.clip_std).view(1, 3, 1, 1), persistent=False)
         self._injector = UNetInjector(self.unet, config.feedback_placement, camera_inplace=config.rays == "official")
+        if config.cfg_time_context == "official":
+            self._injector.handles += install_official_time_context(self.unet)
 
     # ------------------------------------------------------------------ helpers
     @property
