@@ -67,8 +67,12 @@ class SamplerConfig(_Section):
     solver: Literal["euler", "heun"] = "euler"
     #: none: two-stage; resample: blend x0 with the encoded renders; joint: Ouroboros3D feedback
     mode: Literal["none", "resample", "joint"] = "joint"
-    #: reconstruct and render every k-th step (others reuse the last maps)
+    #: reconstruct and render every k-th step (what the others see: ``skipped_steps``)
     feedback_every: int = Field(1, ge=1)
+    #: maps after a step without feedback (``feedback_every`` > 1 or outside
+    #: ``feedback_sigma_range``): "keep" the last rendered maps, or "zero" them as the official
+    #: ``recon_every_n_steps`` does (the next step sees the step-0 zero maps)
+    skipped_steps: Literal["keep", "zero"] = "keep"
     #: only give feedback while sigma lies in [low, high]
     feedback_sigma_range: tuple[float, float] | None = None
     #: resample mode: x0 <- (1 - w) x0 + w encode(render)
@@ -77,7 +81,8 @@ class SamplerConfig(_Section):
     #: "edm": x_T = sigma_max n
     init_noise: Literal["edm", "diffusers"] = "diffusers"
     #: "fresh": reconstruct the final views again with sigma = None (clean);
-    #: "last_step": keep the last step's reconstruction (the official code)
+    #: "last_step": keep the reconstruction of the last step's x0 (the official code; made at
+    #: the last step even when no feedback is due there)
     final_reconstruction: Literal["fresh", "last_step"] = "fresh"
     #: decode only the views the reconstructor reads (feedback maps still cover every view)
     decode_only_input_views: bool = False

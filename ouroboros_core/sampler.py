@@ -16,7 +16,9 @@ Written only against the contracts in ``interfaces.py``::
     views = decode(x); rep = reconstruct(views, sigma=None)   ("fresh") or the last step's
 
 Feedback is due when the mode is not "none", ``i % feedback_every == 0`` and sigma_i lies in
-``feedback_sigma_range``; otherwise the previous maps (and their features) are kept.
+``feedback_sigma_range``; otherwise the previous maps (and their features) are kept, or with
+``skipped_steps: zero`` replaced by the step-0 zero maps (the official ``recon_every_n_steps``).
+With ``final_reconstruction: last_step`` the last step always reconstructs.
 """
 
 from __future__ import annotations
@@ -238,6 +240,15 @@ class RecursiveSampler:
             self._check_finite(x0, "x0 prediction", i, s)
 
             due = self.feedback_due(i, s)
+            if not due and cfg.mode != "none" and cfg.skipped_steps == "zero" and self.map_kinds and i > 0:
+                if any(m.any() for m in maps.values()):  # one sync per skipped step at most
+                    maps = zero_maps(self.map_kinds, map_shape, device, x.dtype)
+                    maps_changed = True
+            last_step_recon = not due and cfg.mode != "none" and cfg.final_reconstruction == "last_step" and i == cfg.steps - 1
+            if last_step_recon:  # the reconstruction of the last step's x0 is the result
+                views = self._views_for_reconstruction(x0, timer)
+                representation = self._reconstruct(views, cameras, sigma_b, timer, i)
+                num_recon += 1
             if due:
                 views = self._views_for_reconstruction(x0, timer)
                 representation = self._reconstruct(views, cameras, sigma_b, timer, i)

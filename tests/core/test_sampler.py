@@ -224,3 +224,32 @@ def test_nan_in_the_reconstruction_raises_sampling_error(step):
     where = "the final reconstruction" if step == "final" else r"step 0 \(sigma 20\)"
     with pytest.raises(SamplingError, match=rf"the reconstruction \(GaussianCloud opacities\) became NaN or infinite at {where}"):
         run(sampler)
+
+
+def test_skipped_steps_zero_feeds_zero_maps_like_recon_every_n_steps():
+    """The official validation sampler (``recon_every_n_steps = n``) sets the maps after step i
+    to zeros when ``i % n != 0``; the maps after the other steps are that step's renders."""
+    sampler, gen, rec, encs = make(mode="joint", feedback_every=2, skipped_steps="zero", final_reconstruction="last_step")
+    infos = []
+    result = run(sampler, callbacks=[infos.append])
+    sig = karras_sigmas(STEPS, 0.002, 20.0, dtype=torch.float64)
+    zeros = torch.zeros(1, 4, 3, 16, 16)
+    for enc, kind in zip(encs, ("rgb", "ccm")):
+        assert len(enc.seen) == STEPS and torch.equal(enc.seen[0], zeros)
+        for i in range(STEPS - 1):
+            if i % 2 == 0:
+                out = infos[i].representation.render(toy_cameras(), 16, 16, background=1.0)
+                expected = feedback_maps(out, toy_cameras(), ["rgb", "ccm"], MapsConfig())[kind]
+                assert expected.any() and torch.allclose(enc.seen[i + 1], expected)
+            else:
+                assert torch.equal(enc.seen[i + 1], zeros), i
+    # the final 3D result is the reconstruction of the last step's x0 although no feedback was due
+    assert not infos[-1].feedback
+    assert rec.calls[-1]["sigma"].item() == pytest.approx(float(sig[STEPS - 1]), rel=1e-6)
+    assert torch.allclose(rec.calls[-1]["images"], infos[-1].x0[:, [0, 2]])
+    assert result.representation is infos[-1].representation
+    assert len(rec.calls) == STEPS // 2 + 1
+    # "keep" (the default) differs: the maps of step 0 are still seen at step 2
+    keep, _, _, keep_encs = make(mode="joint", feedback_every=2)
+    run(keep)
+    assert len(keep_encs[0].seen) == 1 + STEPS // 2 and keep_encs[0].seen[1].any()

@@ -54,6 +54,7 @@ def test_reference_recipe_is_the_official_setup():
     g, l, m = r.generator_config, r.reconstructor_config, r.model
     assert (g.num_views, g.image_size, g.guidance_min, g.guidance_max) == (8, 512, 1.0, 3.0)
     assert (g.rays, g.feedback_placement, g.base_weights) == ("official", "official", "stabilityai/stable-video-diffusion-img2vid")
+    assert g.cfg_time_context == "official" and r.model.sampler.skipped_steps == "zero"
     assert (l.input_views, l.input_size, l.time_input, l.rotation) == ([0, 2, 4, 6], 256, "official", "official")
     assert (m.sampler.steps, m.sampler.sigma_min, m.sampler.sigma_max, m.sampler.mode) == (25, 0.002, 700.0, "joint")
     assert m.maps.ccm == "official"
@@ -65,6 +66,7 @@ def test_reference_recipe_is_the_official_setup():
 def test_variants_change_only_what_they_name():
     paper = load_recipe("svd-lgm-paper")
     assert (paper.generator_config.rays, paper.generator_config.feedback_placement) == ("paper", "paper")
+    assert paper.generator_config.cfg_time_context == "correct" and paper.model.sampler.skipped_steps == "keep"
     assert paper.reconstructor_config.time_input == "paper" and paper.model.maps.ccm == "canonical"
     assert all(c.zero_init_outputs for c in paper.feedback_configs)
     assert all(e.weights is None for e in paper.model.feedback)
