@@ -18,11 +18,18 @@ model that produced it was trained (the sampler only calls ``render(cameras, H, 
   covariances are built here and passed to the backend as ``covars``.
 - ``near_plane``: Gaussians whose camera-space z is below it are culled. The default 0.01 is
   gsplat's; LGM's rasterizer culls at 0.2.
+- ``alpha_max``: each splat's alpha at a pixel is ``min(alpha_max, o·exp(-d²/2))``. The default
+  0.999 is gsplat's (a constant compiled into its CUDA kernel, not an argument); the original
+  3DGS rasterizer, and LGM's fork of it that the official Ouroboros3D code renders with, use
+  0.99 (``cuda_rasterizer/forward.cu``). The torch renderer honours any value; gsplat always
+  uses 0.999, so a cloud asking for another value warns when rendered with gsplat. The two
+  clamps give different pixels only where a splat's alpha exceeds 0.99.
 """
 
 from __future__ import annotations
 
 import functools
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -35,6 +42,8 @@ from .interfaces import RenderOutput, Representation
 from .render_torch import quat_scale_to_covariance, rasterize_gaussians
 
 Backend = Literal["auto", "torch", "gsplat"]
+#: the per-splat alpha clamp compiled into gsplat's rasterization kernel
+GSPLAT_ALPHA_MAX = 0.999
 
 
 @functools.cache
@@ -71,6 +80,7 @@ class GaussianCloud(Representation):
     colors: torch.Tensor
     raw_quaternions: bool = False
     near_plane: float = 0.01
+    alpha_max: float = GSPLAT_ALPHA_MAX
     #: Gaussians below this opacity are left out of a saved .ply (LGM writes with 0.005);
     #: the producer sets it, so ``save(path)`` writes what that model's own tools would
     save_min_opacity: float = 0.0
@@ -174,6 +184,15 @@ class GaussianCloud(Representation):
             raise ValueError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'gsplat'")
 
         covars = self.covariances() if self.raw_quaternions else None
+        extra = {}
+        if backend == "torch":
+            extra["alpha_max"] = self.alpha_max
+        elif self.alpha_max != GSPLAT_ALPHA_MAX:
+            warnings.warn(
+                f"gsplat clamps each splat's alpha at {GSPLAT_ALPHA_MAX}, this cloud asks for {self.alpha_max}: "
+                "pixels where a splat's alpha exceeds the smaller value differ (use backend='torch' for the exact clamp)",
+                stacklevel=2,
+            )
         rgb, alpha, acc_depth = rasterize(
             self.means,
             self.quats,
@@ -187,6 +206,7 @@ class GaussianCloud(Representation):
             near_plane=self.near_plane if near_plane is None else near_plane,
             backgrounds=background_per_view(background, B, V, 3, self.means),
             covars=covars,
+            **extra,
         )
         to_bvchw = lambda t: t.permute(0, 1, 4, 2, 3)  # noqa: E731
         rgb, alpha, acc_depth = to_bvchw(rgb), to_bvchw(alpha), to_bvchw(acc_depth)

@@ -146,6 +146,7 @@ def rasterize_gaussians(
     eps2d: float = 0.3,
     backgrounds: torch.Tensor | None = None,
     covars: torch.Tensor | None = None,
+    alpha_max: float = ALPHA_MAX,
     tile_size: int = 8,
     chunk_size: int = 32,
     max_chunk_elements: int = 1 << 21,
@@ -165,6 +166,8 @@ def rasterize_gaussians(
         eps2d: low-pass added to the 2D covariance diagonal (gsplat's 0.3).
         backgrounds: ``(..., C, D)`` (or broadcastable) colour behind the Gaussians; ``None`` means black.
         covars: ``(..., N, 3, 3)`` world covariances used instead of ``quats``/``scales``.
+        alpha_max: clamp of each splat's alpha at a pixel (gsplat: 0.999; the original 3DGS
+            rasterizer and LGM's fork of it: 0.99).
         tile_size, chunk_size, max_chunk_elements: speed/memory knobs; results do not depend on them.
 
     Returns:
@@ -312,7 +315,7 @@ def rasterize_gaussians(
             )  # (A, 6, K)
             log_alpha = features @ coeffs  # (A, P, K)
             log_alpha.masked_fill_(log_alpha < LOG_ALPHA_THRESHOLD, -math.inf)  # skipped: alpha < 1/255
-            alpha = log_alpha.exp_().clamp_max(ALPHA_MAX)
+            alpha = log_alpha.exp_().clamp_max(alpha_max)
             one_minus = 1 - alpha
             T_incl = T[:, :, None] * torch.cumprod(one_minus, -1)
             w = alpha * (T_incl / one_minus)

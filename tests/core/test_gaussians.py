@@ -193,3 +193,22 @@ def test_auto_backend_is_torch_on_cpu(fake_gsplat) -> None:
     assert fake_gsplat == []
     with pytest.raises(ValueError, match="unknown backend"):
         random_cloud(1).render(Cameras.official(), 8, 8, backend="cuda")
+
+
+def test_alpha_max_travels_with_the_cloud_and_the_torch_backend_honours_it(fake_gsplat) -> None:
+    cloud = random_cloud(1, n=60, seed=3)
+    cloud = GaussianCloud(cloud.means, cloud.quats, cloud.scales, torch.ones_like(cloud.opacities), cloud.colors, alpha_max=0.99)
+    assert cloud.to(dtype=torch.float64).alpha_max == 0.99 and cloud.prune(0.5).alpha_max == 0.99
+    cams = Cameras.official().select_views([0, 3])
+    out = cloud.render(cams, 24, 24, backend="torch")
+    rgb, alpha, _ = rasterize_gaussians(
+        cloud.means, cloud.quats, cloud.scales, cloud.opacities, cloud.colors, cams.w2c, cams.pixel_intrinsics(24, 24),
+        24, 24, backgrounds=torch.ones(1, 2, 3), alpha_max=0.99,
+    )
+    torch.testing.assert_close(out.rgb, rgb.permute(0, 1, 4, 2, 3))
+    gsplat_default = GaussianCloud(cloud.means, cloud.quats, cloud.scales, cloud.opacities, cloud.colors)
+    assert gsplat_default.alpha_max == 0.999
+    assert (gsplat_default.render(cams, 24, 24, backend="torch").rgb - out.rgb).abs().max() > 1e-4
+    # gsplat has its clamp compiled in: asking it for another one warns
+    with pytest.warns(UserWarning, match="gsplat clamps each splat's alpha at 0.999"):
+        cloud.render(cams, 24, 24, backend="gsplat")

@@ -196,3 +196,49 @@ def test_rotmat_is_a_rotation_only_when_normalised() -> None:
     R = quat_to_rotmat(q)
     torch.testing.assert_close(R @ R.transpose(-1, -2), torch.eye(3, dtype=torch.float64)[None])
     assert abs(torch.linalg.det(quat_to_rotmat(q, normalize=False)).item() - 1) > 0.1
+
+
+def test_alpha_clamp_is_a_parameter() -> None:
+    """``alpha_max=0.99`` is the original 3DGS rasterizer's clamp (``min(0.99f, con_o.w *
+    exp(power))`` in diff-gaussian-rasterization's cuda_rasterizer/forward.cu, also in the
+    fork LGM and the official Ouroboros3D code use); 0.999 is gsplat's."""
+    means, quats, scales, opac, colors = tiny_scene()
+    viewmats, Ks = tiny_cameras(W=16, H=12)
+    bg = torch.tensor([[0.2, 0.4, 0.9], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    rgb, alpha, depth = rasterize_gaussians(
+        means, quats, scales, opac, colors, viewmats, Ks, 16, 12, near_plane=0.5, backgrounds=bg, alpha_max=0.99
+    )
+    for cam in range(2):
+        ref_rgb, ref_alpha, ref_depth = naive_render(
+            means, quats, scales, opac, colors, viewmats[cam], Ks[cam], 16, 12, bg[cam], near=0.5, clamp=0.99
+        )
+        np.testing.assert_allclose(rgb[cam].numpy(), ref_rgb, atol=1e-9)
+        np.testing.assert_allclose(alpha[cam, ..., 0].numpy(), ref_alpha, atol=1e-9)
+        np.testing.assert_allclose(depth[cam, ..., 0].numpy(), ref_depth, atol=1e-9)
+    default = rasterize_gaussians(means, quats, scales, opac, colors, viewmats, Ks, 16, 12, near_plane=0.5, backgrounds=bg)[0]
+    assert (default - rgb).abs().max() > 1e-4
+
+
+def test_one_opaque_splat_by_hand() -> None:
+    """One opaque Gaussian whose centre projects onto a pixel centre, 2 units in front of the
+    camera: at that pixel alpha = min(alpha_max, 1·e^0), colour = alpha·c + (1 − alpha)·bg.
+
+    The depth channel is the *accumulated* camera-space z, Σ_i T_i α_i z_i, not divided by
+    the accumulated alpha: the quantity the 3DGS rasterizer fork used by LGM / the official
+    Ouroboros3D code writes to its depth output (forward.cu: ``D += depths[id] * alpha * T``;
+    reference/lgm.md §3.1 and reference/official-ouroboros3d.md §5), and what the official
+    position map (ouroboros_core.maps.official_position_map) is computed from.
+    GaussianCloud.render returns it as ``accumulated_depth`` and ``depth`` = accumulated / alpha.
+    """
+    viewmat = torch.tensor(look_at_w2c([0.0, 0.0, 2.0]), dtype=torch.float64)[None]
+    K = torch.tensor([[[20.0, 0, 8.5], [0, 20.0, 8.5], [0, 0, 1]]], dtype=torch.float64)  # centre of pixel (8, 8)
+    args = (torch.zeros(1, 3, dtype=torch.float64), torch.tensor([[1.0, 0, 0, 0]], dtype=torch.float64),
+            torch.full((1, 3), 0.05, dtype=torch.float64), torch.ones(1, dtype=torch.float64),
+            torch.tensor([[0.2, 0.6, 1.0]], dtype=torch.float64), viewmat, K, 16, 16)
+    bg = torch.tensor([[1.0, 0.0, 0.5]], dtype=torch.float64)
+    for alpha_max in (0.99, 0.999):
+        rgb, alpha, depth = rasterize_gaussians(*args, backgrounds=bg, alpha_max=alpha_max)
+        assert alpha[0, 8, 8, 0].item() == pytest.approx(alpha_max, abs=1e-12)
+        expected = [alpha_max * c + (1 - alpha_max) * b for c, b in zip((0.2, 0.6, 1.0), (1.0, 0.0, 0.5))]
+        assert rgb[0, 8, 8].tolist() == pytest.approx(expected, abs=1e-12)
+        assert depth[0, 8, 8, 0].item() == pytest.approx(alpha_max * 2.0, abs=1e-12)

@@ -291,6 +291,10 @@ def test_ply_drops_faint_gaussians_like_lgm(tmp_path):
     with torch.no_grad():
         cloud = model(views(size=32), input_cameras())
     assert cloud.near_plane == 0.3
+    # LGM's rasterizer clamps splat alpha at 0.99 (its forward.cu); the cloud carries that
+    # (the presets of LGM's own configs); our tiny models were trained with gsplat's 0.999
+    assert cloud.alpha_max == 0.999 and build("tiny", alpha_max=0.99)(views(size=64), input_cameras()).alpha_max == 0.99
+    assert [SPEC.make_config(None, p).alpha_max for p in ("big", "official", "small", "lgm-tiny", "tiny32")] == [0.99] * 4 + [0.999]
     kept = int((cloud.opacities[0] >= 0.5).sum())
     assert 0 < kept < cloud.num_gaussians
     vertices = PlyData.read(str(cloud.save(tmp_path / "a.ply")))["vertex"]

@@ -65,6 +65,10 @@ class LGMConfig(ReconstructorConfig):
     ply_opacity_threshold: float = Field(0.005, ge=0, le=1)
     #: renderers cull Gaussians closer to the camera than this (LGM's rasterizer: z <= 0.2)
     near_plane: float = Field(0.2, gt=0)
+    #: clamp of each splat's alpha at a pixel: LGM (and the official Ouroboros3D code) render
+    #: with a fork of the original 3DGS rasterizer, min(0.99, ...) in its forward.cu; gsplat
+    #: has 0.999 compiled in (see ouroboros_core.gaussians)
+    alpha_max: float = Field(0.99, gt=0, le=1)
 
     @property
     def splat_size(self) -> int:
@@ -150,6 +154,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # the shipped trained tiny model (recipes/tiny.yaml): 32x32 input, 16x16 splats per view
     "tiny32": {
+        "alpha_max": 0.999,  # our own tiny models train and render with gsplat's clamp
         "input_size": 32,
         "down_channels": (32, 64, 128),
         "down_attention": (False, False, True),
@@ -165,6 +170,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # CPU tests: 64x64 input, 32x32 splats, about 377k parameters
     "tiny": {
+        "alpha_max": 0.999,  # our own tiny models train and render with gsplat's clamp
         "input_size": 64,
         "down_channels": (16, 32, 32),
         "down_attention": (False, False, True),

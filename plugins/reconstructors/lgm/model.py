@@ -142,6 +142,7 @@ class LGMReconstructor(Reconstructor):
             colors=params[..., 11:14],
             raw_quaternions=self.config.rotation == "official",
             near_plane=self.config.near_plane,
+            alpha_max=self.config.alpha_max,
             save_min_opacity=self.config.ply_opacity_threshold,
         )
 
