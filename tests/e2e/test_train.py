@@ -12,7 +12,8 @@ from ouroboros_core.cli import main
 from ouroboros_core.errors import RecipeError
 from ouroboros_core.pipeline import ImageTo3DPipeline
 from ouroboros_core.recipe import load_recipe
-from ouroboros_core.runs import evaluate, train
+from ouroboros_core.evaluation import BASELINES, evaluate
+from ouroboros_core.runs import train
 
 SMALL = ["trainer.batch_size=1", "trainer.data.num_objects=2", "trainer.checkpoint_every=1", "sampler.steps=2"]
 
@@ -61,13 +62,20 @@ def test_training_views_must_match_the_generator():
 
 
 def test_evaluate_scores_views_and_renders(tmp_path):
+    pytest.importorskip("lpips")
+    pytest.importorskip("torchvision")
     recipe = load_recipe("tiny", SMALL)
     result = evaluate(recipe, limit=1, output=tmp_path / "metrics.json", lpips_net="alex", lpips_random_trunk=True)
     assert result["objects"] == 1
-    assert set(result["mean"]) == {f"{a}.{m}" for a in ("views", "renders") for m in ("psnr", "ssim", "lpips")}
-    assert 0 < result["mean"]["renders.psnr"] < 60
+    assert set(result["methods"]) == {recipe.name, *BASELINES}
+    metrics = {f"{a}.{m}" for a in ("views", "3d") for m in ("psnr", "ssim", "lpips")}
+    assert set(result["methods"][recipe.name]["mean"]) == metrics | {"gap.psnr", "consistency.psnr"}
+    for name in BASELINES:  # a baseline is its own "3D": no gap or consistency to report
+        assert set(result["methods"][name]["mean"]) == metrics
+    mean = result["methods"][recipe.name]["mean"]
+    assert 0 < mean["3d.psnr"] < 60 and 0 <= mean["views.lpips"]
     assert "RANDOM trunk" in result["lpips"]
-    assert json.loads((tmp_path / "metrics.json").read_text())["mean"] == result["mean"]
+    assert json.loads((tmp_path / "metrics.json").read_text())["methods"] == result["methods"]
 
 
 def test_evaluate_command_prints_means(run_dir, tmp_path, capsys):
@@ -75,4 +83,8 @@ def test_evaluate_command_prints_means(run_dir, tmp_path, capsys):
     assert main(args + ["--set", "sampler.steps=2"]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed["objects"] == 1 and printed["lpips"] is None
-    assert set(printed["mean"]) == {"views.psnr", "views.ssim", "renders.psnr", "renders.ssim"}
+    saved = json.loads((tmp_path / "m.json").read_text())
+    assert printed["mean"] == {name: method["mean"] for name, method in saved["methods"].items()}
+    assert set(printed["mean"]) - set(BASELINES)  # the trained recipe beside the baselines
+    for name, mean in printed["mean"].items():
+        assert {"views.psnr", "views.ssim", "3d.psnr", "3d.ssim"} <= set(mean) and not any("lpips" in k for k in mean), name
