@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import urllib.error
 
+import pytest
 import torch.hub
+
+pytest.importorskip("lpips")
+pytest.importorskip("torchvision")
 
 from ouroboros_core.cli import main
 from ouroboros_core.pipeline import ImageTo3DPipeline
