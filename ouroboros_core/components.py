@@ -59,6 +59,12 @@ class GeneratorConfig(ComponentConfig):
         """The slots feedback encoders must match; empty means the generator takes none."""
         return []
 
+    def decoder_mixes_views(self) -> bool:
+        """Whether ``decode`` of a subset of views differs from decoding all views and then
+        selecting (a temporal decoder that sees the views together); recipe validation warns
+        about ``sampler.decode_only_input_views`` for such generators."""
+        return False
+
 
 class ReconstructorConfig(ComponentConfig):
     """What the framework needs to know about any reconstructor config."""

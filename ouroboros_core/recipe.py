@@ -12,6 +12,7 @@ import copy
 import os
 import types
 import typing
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Literal, NoReturn, Sequence, Union
@@ -689,6 +690,17 @@ def _validate_components(model: RecipeModel, source: Path | None, registry, orig
                 f"'{gen_spec.name}' has feedback slots {_slots(gen_slots)}",
                 "configure the encoder's channels and strides to match the generator's feedback slots",
             )
+    # (d) decoding a subset of views changes them when the decoder mixes views
+    sampler = model.sampler
+    if sampler.decode_only_input_views and sampler.mode != "none" and rec_cfg.input_views is not None and gen_cfg.decoder_mixes_views():
+        key = ("sampler", "decode_only_input_views")
+        warnings.warn(
+            f"{origins.of(key)}: {_dotted(key)}: generator '{gen_spec.name}' decodes views together (a temporal decoder), so decoding only "
+            f"the reconstructor's views {rec_cfg.input_views} gives it different images than decoding all of them: "
+            "faster, but the results change (set it to false to reproduce full decoding)",
+            UserWarning,
+            stacklevel=2,
+        )
     return Recipe(
         model=model,
         source=source,

@@ -332,3 +332,30 @@ def test_several_bad_values_each_get_their_own_fix(tmp_path, toy_registry):
     for key, value, fix in expected:
         [part] = [p for p in parts if f"{key}: {value} is not allowed" in p]
         assert f"(fix: {fix}" in part, part
+
+
+def test_decode_only_input_views_warns_for_a_temporal_decoder():
+    """SVD's temporal VAE decodes the views of an object together: decoding views 0/2/4/6 alone
+    gives other images than decoding all 8 and selecting them (checked below on the tiny VAE)."""
+    import warnings
+
+    import torch
+
+    with pytest.warns(UserWarning, match=r"decode_only_input_views=true: sampler.decode_only_input_views: generator 'svd' decodes views together"):
+        load_recipe("svd-lgm", ["sampler.decode_only_input_views=true"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_recipe("svd-lgm")  # off: no warning
+        load_recipe("svd-lgm", ["sampler.decode_only_input_views=true", "sampler.mode=none"])  # nothing decoded early
+    from ouroboros_plugins.generators.svd import SPEC
+
+    # pixel-space autoencoders decode each view alone
+    assert not SPEC.make_config(None, "tiny32").decoder_mixes_views()
+    assert not SPEC.make_config(None, "tiny-pixel").decoder_mixes_views()
+
+    torch.manual_seed(0)
+    gen = SPEC.build(None, preset="tiny").eval()
+    assert gen.config.decoder_mixes_views()
+    z = torch.randn(1, 8, 4, 4, 4)
+    with torch.no_grad():
+        assert (gen.decode(z)[:, [0, 2, 4, 6]] - gen.decode(z[:, [0, 2, 4, 6]])).abs().max() > 1e-4

@@ -193,6 +193,10 @@ class SVDGeneratorConfig(GeneratorConfig):
     def scaling_factor(self) -> float:
         return 1.0 if self.autoencoder != "kl-temporal" else float(self.vae.get("scaling_factor", 0.18215))
 
+    def decoder_mixes_views(self) -> bool:
+        """SVD's temporal VAE decoder mixes the frames it decodes together."""
+        return self.autoencoder == "kl-temporal"
+
     def feedback_slots(self) -> list[FeedbackSlot]:
         """One slot per UNet resolution: stride latent_stride·2^i with the block's channels
         (full size: 320@8, 640@16, 1280@32, 1280@64)."""
