@@ -23,15 +23,10 @@ from typing import Sequence
 
 import torch
 
-_FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
+# the official Ouroboros3D 8-view orbit (hyper/c2w.npy), re-exported from its torch-free home
+from .official_orbit import OFFICIAL_AZIMUTHS, OFFICIAL_FOV_DEG, OFFICIAL_RADIUS
 
-#: The official Ouroboros3D 8-view orbit (hyper/c2w.npy): 16-view orbit indices
-#: linspace(0, 15, 8).astype(int) at 22.5 degrees, hence 337.5 for the last view.
-OFFICIAL_AZIMUTHS = (0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 337.5)
-OFFICIAL_RADIUS = 1.7416968
-OFFICIAL_FOV_DEG = 39.59775  # Blender's 50 mm lens on a 36 mm sensor: 2 atan(18/50)
-LGM_RADIUS = 1.5
-LGM_FOVY_DEG = 49.1
+_FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
 
 @dataclass
@@ -160,11 +155,6 @@ class Cameras:
     def official(cls, batch_size: int = 1, **kwargs) -> "Cameras":
         """The official Ouroboros3D 8-view orbit: elevation 0, r = 1.7417, fov 39.598 degrees."""
         return cls.orbit(OFFICIAL_AZIMUTHS, 0.0, OFFICIAL_RADIUS, OFFICIAL_FOV_DEG, batch_size, **kwargs)
-
-    @classmethod
-    def lgm(cls, azimuths_deg: Sequence[float] = (0.0, 90.0, 180.0, 270.0), elevation_deg: float = 0.0, batch_size: int = 1, **kwargs) -> "Cameras":
-        """LGM's default cameras: radius 1.5, fovy 49.1 degrees."""
-        return cls.orbit(azimuths_deg, elevation_deg, LGM_RADIUS, LGM_FOVY_DEG, batch_size, **kwargs)
 
 
 # -------------------------------------------------------------------- functions on tensors

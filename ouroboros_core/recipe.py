@@ -28,6 +28,7 @@ from .components import (
     ReconstructorConfig,
 )
 from .errors import PluginError, RecipeError
+from .official_orbit import OFFICIAL_AZIMUTHS, OFFICIAL_FOV_DEG, OFFICIAL_RADIUS
 from .textutil import show_value, suggest
 
 
@@ -164,14 +165,14 @@ class CamerasConfig(_Section):
     #: 337.5) for 8 views, otherwise evenly spaced from 0
     azimuths: list[float] | None = None
     elevations: float | list[float] = 0.0
-    radius: float = Field(1.7416968, gt=0)
-    fov_deg: float = Field(39.59775, gt=0, lt=180)
+    radius: float = Field(OFFICIAL_RADIUS, gt=0)
+    fov_deg: float = Field(OFFICIAL_FOV_DEG, gt=0, lt=180)
 
     def azimuths_for(self, num_views: int) -> list[float]:
         if self.azimuths is not None:
             return list(self.azimuths)
-        if num_views == 8:
-            return [0.0, 45.0, 90.0, 135.0, 180.0, 225.0, 270.0, 337.5]
+        if num_views == len(OFFICIAL_AZIMUTHS):
+            return list(OFFICIAL_AZIMUTHS)
         return [360.0 * i / num_views for i in range(num_views)]
 
 

@@ -294,11 +294,26 @@ _SAFETENSORS_DTYPES = {
 }
 
 
+#: The last memory-mapped torch checkpoint read, keyed by (path, size, mtime, device, meta): a
+#: published file that several components load from (the official ``mv_model_unet.pth``
+#: holds the generator and both adapters) is read once. Only memory-mapped reads are kept, so
+#: the cache holds no copy of the data in RAM.
+_MMAP_CACHE: dict[tuple, StateDict] = {}
+
+
 def _read_torch(path: Path, device: str | torch.device, meta: bool) -> StateDict:
     location = "meta" if meta else device
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns, str(location))
+    if key in _MMAP_CACHE:
+        return dict(_MMAP_CACHE[key])
     try:
         try:
             obj = torch.load(path, map_location=location, weights_only=True, mmap=True)
+            state_dict = _as_state_dict(obj, path)
+            _MMAP_CACHE.clear()
+            _MMAP_CACHE[key] = state_dict
+            return dict(state_dict)
         except RuntimeError as err:
             if "mmap" not in str(err):
                 raise

@@ -44,13 +44,6 @@ def test_official_orbit_matches_reference_table():
     assert Kp[0, 2].item() == pytest.approx(256.0)
 
 
-def test_lgm_cameras_radius_and_fov():
-    cams = Cameras.lgm(dtype=torch.float64)
-    assert cams.num_views == 4
-    np.testing.assert_allclose(cams.centers.norm(dim=-1).numpy(), 1.5, atol=1e-9)
-    np.testing.assert_allclose(torch.rad2deg(cams.fov_y).numpy(), 49.1, atol=1e-9)
-
-
 def test_opengl_round_trip_and_axes():
     cams = Cameras.orbit([10.0, 200.0], [30.0, -20.0], radius=2.0, dtype=torch.float64)
     gl = cams.to_opengl()

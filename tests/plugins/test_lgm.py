@@ -15,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from ouroboros_core.errors import WeightsError
 from ouroboros_core.testing import check_component
 from ouroboros_core.weights import inspect_file
 from ouroboros_plugins.reconstructors.lgm import PRESETS, SPEC, LGMConfig, ouroboros3d_register_components
+from ouroboros_plugins.reconstructors.lgm.model import lgm_cameras
 
 DATA = Path(__file__).parent / "data"
 IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406])
@@ -57,6 +59,13 @@ def views(batch: int = 1, num_views: int = 4, size: int = 64, seed: int = 0) -> 
 
 def input_cameras(batch: int = 1) -> Cameras:
     return Cameras.official(batch_size=batch).select_views([0, 2, 4, 6])
+
+
+def test_lgm_cameras_radius_and_fov():
+    cams = lgm_cameras(dtype=torch.float64)
+    assert cams.num_views == 4
+    np.testing.assert_allclose(cams.centers.norm(dim=-1).numpy(), 1.5, atol=1e-9)
+    np.testing.assert_allclose(torch.rad2deg(cams.fov_y).numpy(), 49.1, atol=1e-9)
 
 
 def num_params(module) -> int:
@@ -142,7 +151,7 @@ def test_network_input_matches_lgm_rays_and_imagenet_normalisation():
     model = build("tiny")
     color = torch.tensor([0.2, 0.6, 0.9])
     images = color[None, None, :, None, None].expand(1, 1, 3, 64, 64)
-    x = model.network_input(images, Cameras.lgm(azimuths_deg=[0.0]))
+    x = model.network_input(images, lgm_cameras(azimuths_deg=[0.0]))
     assert x.shape == (1, 1, 9, 64, 64)
     torch.testing.assert_close(x[0, 0, :3], ((color - IMAGENET_MEAN) / IMAGENET_STD)[:, None, None].expand(3, 64, 64))
     # LGM: camera at (0, 0, 1.5) looking down -z; dir = ((x+.5-W/2)/f, -(y+.5-H/2)/f, -1), f = H / (2 tan(fovy/2))
@@ -159,7 +168,7 @@ def test_resize_is_antialiased_unless_disabled():
     (white), an antialiased resize averages the period (grey)."""
     cols = torch.arange(256) % 4
     stripes = ((cols == 1) | (cols == 2)).float().expand(1, 1, 3, 256, 256)
-    cams = Cameras.lgm(azimuths_deg=[0.0])
+    cams = lgm_cameras(azimuths_deg=[0.0])
     grey = build("tiny").network_input(stripes, cams)[0, 0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     white = build("tiny", antialias=False).network_input(stripes, cams)[0, 0, 0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]
     torch.testing.assert_close(white, torch.ones(64, 64))

@@ -157,3 +157,41 @@ def test_guided_step_matches_diffusers_0_25(gens, objects):
     assert torch.allclose(x0_o, x0_r, atol=1e-5, rtol=0)
     rel = ((x0_o - x0_c).abs().max() / x0_c.abs().max()).item()
     assert rel > 1e-3
+
+
+def test_the_published_file_is_read_once_for_the_generator_and_both_adapters(tmp_path, monkeypatch):
+    """mv_model_unet.pth holds the UNet, the Plücker MLPs and both adapters: the generator and
+    the two feedback encoders that load from it read it once (memory-mapped), with the same
+    result as separate reads; a changed file is read again."""
+    from ouroboros_core import weights as weights_module
+    from ouroboros_plugins.feedback import SPEC as ADAPTER
+    from ouroboros_plugins.generators.svd.weights import official_state_dict
+
+    torch.manual_seed(0)
+    ref = SPEC.build(None, preset="tiny-official")
+    encoders = [ADAPTER.build({"map_kind": k}, preset="tiny") for k in ("rgb", "ccm")]
+    path = tmp_path / "mv_model_unet.pth"
+    torch.save(official_state_dict(ref, encoders), path)
+    base = tmp_path / "base"
+    ref.save_pretrained(str(base))
+
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda f, *a, **k: loads.append(str(f)) or real_load(f, *a, **k))
+    weights_module._MMAP_CACHE.clear()
+    gen = SPEC.build({"base_weights": str(base)}, preset="tiny-official")
+    gen.load_weights(str(path))
+    loaded = [ADAPTER.build({"map_kind": k}, preset="tiny") for k in ("rgb", "ccm")]
+    for enc in loaded:
+        enc.load_weights(str(path))
+    assert loads.count(str(path)) == 1
+    assert all(torch.equal(v, ref.state_dict()[k]) for k, v in gen.state_dict().items())
+    for enc, expected in zip(loaded, encoders):
+        assert all(torch.equal(v, expected.state_dict()[k]) for k, v in enc.state_dict().items())
+    # the cached dict is not handed out itself: a caller that edits its copy changes nothing
+    first = weights_module.read_state_dict(path)
+    first.clear()
+    assert len(weights_module.read_state_dict(path)) > 0 and loads.count(str(path)) == 1
+    # a rewritten file (new size / mtime) is read again
+    torch.save({"x": torch.zeros(3)}, path)
+    assert list(weights_module.read_state_dict(path)) == ["x"] and loads.count(str(path)) == 2

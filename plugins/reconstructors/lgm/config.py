@@ -126,6 +126,11 @@ _BIG: dict[str, Any] = {
     "up_attention": (True, True, True, False, False),
 }
 
+#: LGM's own camera setup (its training renders and default inference cameras): radius and
+#: vertical field of view in degrees (see model.lgm_cameras)
+LGM_RADIUS = 1.5
+LGM_FOVY_DEG = 49.1
+
 #: Presets (a recipe's ``config`` is applied on top). LGM's own configs are plain LGM
 #: (``time_input: none``, fixed rotation): add ``time_input`` to condition them on time.
 PRESETS: dict[str, dict[str, Any]] = {

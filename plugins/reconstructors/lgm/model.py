@@ -9,7 +9,7 @@ pixel becomes one Gaussian (index = view * S^2 + row * S + col) after LGM's acti
 from __future__ import annotations
 
 import logging
-from typing import Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +22,7 @@ from ouroboros_core.interfaces import Reconstructor
 from ouroboros_core.weights import load_file, resolve_weights
 
 from .checkpoints import TRAINED_ROTATION, default_filename, has_time_layers, is_time_key
-from .config import LGMConfig
+from .config import LGM_FOVY_DEG, LGM_RADIUS, LGMConfig
 from .unet import UNet
 
 log = logging.getLogger(__name__)
@@ -195,6 +195,13 @@ class LGMReconstructor(Reconstructor):
                 path.name,
                 len(diff.allowed_missing),
             )
+
+
+def lgm_cameras(
+    azimuths_deg: Sequence[float] = (0.0, 90.0, 180.0, 270.0), elevation_deg: float = 0.0, batch_size: int = 1, **kwargs: Any
+) -> Cameras:
+    """LGM's default cameras: an orbit at radius 1.5 with a 49.1 degree field of view."""
+    return Cameras.orbit(azimuths_deg, elevation_deg, LGM_RADIUS, LGM_FOVY_DEG, batch_size, **kwargs)
 
 
 def build(config: LGMConfig) -> LGMReconstructor:
