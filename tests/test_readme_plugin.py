@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.building import skip_unless_buildable
+
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
@@ -44,6 +46,7 @@ def _readme_files() -> dict[str, str]:
 
 
 def _install(tmp_path: Path, files: dict[str, str]) -> Path:
+    skip_unless_buildable(files["pyproject.toml"], "the README plugin")
     source = tmp_path / "ouroboros3d-myrecon"
     for name, text in files.items():
         (source / name).parent.mkdir(parents=True, exist_ok=True)

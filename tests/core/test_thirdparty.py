@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.building import skip_unless_buildable
+
 from ouroboros_core.registry import DISABLE_ENV
 
 HERE = Path(__file__).resolve().parents[1] / "thirdparty"
@@ -42,6 +44,8 @@ pytestmark = pytest.mark.slow
 def site(tmp_path_factory) -> Path:
     """Both packages installed with pip into a fresh folder (sources copied first, so no build
     files land in the repository)."""
+    for name in ("ouroboros3d-toy", "ouroboros3d-broken"):
+        skip_unless_buildable(HERE / name / "pyproject.toml")
     work = tmp_path_factory.mktemp("thirdparty")
     sources = [shutil.copytree(HERE / name, work / "src" / name) for name in ("ouroboros3d-toy", "ouroboros3d-broken")]
     target = work / "site"
