@@ -67,6 +67,10 @@ def test_variants_change_only_what_they_name():
     paper = load_recipe("svd-lgm-paper")
     assert (paper.generator_config.rays, paper.generator_config.feedback_placement) == ("paper", "paper")
     assert paper.generator_config.cfg_time_context == "correct" and paper.model.sampler.skipped_steps == "keep"
+    t = paper.model.trainer  # paper §4 and Eq. 2: 30k steps, total batch 32, MSE + LPIPS(VGG)
+    assert (t.max_steps, t.batch_size * t.grad_accum, t.grad_clip, t.lr, t.mixed_precision) == (30000, 32, 1.0, 1e-5, "bf16")
+    assert (t.loss.color, t.loss.lpips_net, t.loss.color_weight, t.loss.lpips_weight) == ("mse", "vgg", 1.0, 1.0)
+    assert paper.generator_config.train_latents == "sample"
     assert paper.reconstructor_config.time_input == "paper" and paper.model.maps.ccm == "canonical"
     assert all(c.zero_init_outputs for c in paper.feedback_configs)
     assert all(e.weights is None for e in paper.model.feedback)

@@ -195,3 +195,32 @@ def test_the_published_file_is_read_once_for_the_generator_and_both_adapters(tmp
     # a rewritten file (new size / mtime) is read again
     torch.save({"x": torch.zeros(3)}, path)
     assert list(weights_module.read_state_dict(path)) == ["x"] and loads.count(str(path)) == 2
+
+
+def test_training_latents_are_posterior_samples_and_inference_uses_the_mode():
+    """The official trainer encodes the target views and the condition image with
+    ``latent_dist.sample()`` (mean + std·eps); inference uses the mode (the mean)."""
+    torch.manual_seed(0)
+    gen = SPEC.build(None, preset="tiny")
+    assert gen.config.train_latents == "sample"
+    images = torch.rand(1, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    x = images.flatten(0, 1) * 2 - 1
+    with torch.no_grad():
+        dist = gen.vae.encode(x).latent_dist
+        gen.eval()
+        assert torch.equal(gen.encode(images)[0], dist.mode() * 0.18215)
+        gen.train()
+        torch.manual_seed(5)
+        sampled = gen.encode(images)[0]
+        torch.manual_seed(5)
+        eps = torch.randn(dist.mean.shape)
+        torch.testing.assert_close(sampled, (dist.mean + dist.std * eps) * 0.18215)
+        assert (sampled - dist.mode() * 0.18215).abs().max() > 1e-3
+        # the condition latent of training_context too, drawn with the trainer's generator
+        gen.config.cond_dropout = 0.0
+        a = gen.training_context(images, Cameras.official(), torch.Generator().manual_seed(2)).data["cond_latent"]
+        b = gen.training_context(images, Cameras.official(), torch.Generator().manual_seed(2)).data["cond_latent"]
+        gen.config.train_latents = "mode"
+        c = gen.training_context(images, Cameras.official(), torch.Generator().manual_seed(2)).data["cond_latent"]
+    assert torch.equal(a, b)  # reproducible from the generator
+    assert (a - c).abs().max() > 1e-3

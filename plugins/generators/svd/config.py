@@ -122,6 +122,10 @@ class SVDGeneratorConfig(GeneratorConfig):
     #: training conditioning dropout p: with r ~ U(0,1) per sample, CLIP is dropped when
     #: r < 2p and the image latent when p <= r < 3p (official p = 0.1)
     cond_dropout: float = Field(0.1, ge=0, le=1 / 3)
+    #: VAE latents while training (module in train mode), for the diffusion target and the
+    #: condition latent: "sample" draws from the posterior (the official trainer's
+    #: ``latent_dist.sample()``), "mode" takes its mode; inference always uses the mode
+    train_latents: Literal["sample", "mode"] = "sample"
 
     # ------------------------------------------------------------------ Ouroboros3D additions
     #: add Plücker camera features before every down, mid and up block

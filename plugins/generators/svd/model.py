@@ -151,6 +151,15 @@ class SVDGenerator(MultiViewGenerator):
         vae_dtype = self.vae.encoder.conv_in.weight.dtype
         return self.vae.encode(x.to(vae_dtype)).latent_dist.mode().float()
 
+    def _vae_latent(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The VAE latent of ``x`` (unscaled): a posterior sample while training with
+        ``train_latents: sample`` (drawn with ``generator``, else the global RNG), the mode
+        otherwise (and always for the pixel-space autoencoders)."""
+        if self.vae is None or not self.training or self.config.train_latents == "mode":
+            return self._vae_mode(x)
+        vae_dtype = self.vae.encoder.conv_in.weight.dtype
+        return self.vae.encode(x.to(vae_dtype)).latent_dist.sample(generator).float()
+
     def _camera_features(self, cameras: Cameras, h: int, w: int) -> list[torch.Tensor] | None:
         """Harmonic Plücker features at every UNet resolution, ``[(B, V, F, h/2^l, w/2^l)]``.
 
@@ -238,7 +247,8 @@ class SVDGenerator(MultiViewGenerator):
 
         Per sample: ``sigma_c ~ logN(train_noise_aug_log_mean, std²)`` noise on the
         condition (it is also the sample's noise-augmentation time id); CLIP and the latent
-        both see the augmented image; with ``r ~ U(0, 1)`` and ``p = cond_dropout``, CLIP is
+        both see the augmented image (the latent is a posterior sample drawn with
+        ``generator`` when the module trains with ``train_latents: sample``); with ``r ~ U(0, 1)`` and ``p = cond_dropout``, CLIP is
         zeroed when ``r < 2p`` and the latent when ``p <= r < 3p``. No guidance. CLIP and the
         VAE are not trained, so this runs without gradients.
         """
@@ -249,7 +259,7 @@ class SVDGenerator(MultiViewGenerator):
         sigma_c = torch.exp(cfg.train_noise_aug_log_mean + cfg.train_noise_aug_log_std * self._randn((B,), generator))
         noisy = x + sigma_c.view(B, 1, 1, 1) * self._randn(tuple(x.shape), generator)
         embeds = self._clip_embeds(noisy)
-        cond_latent = self._vae_mode(noisy)
+        cond_latent = self._vae_latent(noisy, generator)
         r = self._rand((B,), generator)
         p = cfg.cond_dropout
         keep_clip = (r >= 2 * p).to(embeds.dtype).view(B, 1, 1)
@@ -330,10 +340,11 @@ class SVDGenerator(MultiViewGenerator):
         return tensors
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """``(B, V, 3, H, W)`` in [0, 1] → latents ``(B, V, C, h, w)`` (VAE mode × scaling factor)."""
+        """``(B, V, 3, H, W)`` in [0, 1] → latents ``(B, V, C, h, w)``: VAE mode × scaling factor
+        (a posterior sample in train mode with ``train_latents: sample``; global RNG)."""
         B, V = images.shape[:2]
         x = images.flatten(0, 1).to(self._device, torch.float32) * 2 - 1
-        z = self._vae_mode(x) * self.config.scaling_factor
+        z = self._vae_latent(x) * self.config.scaling_factor
         return z.reshape(B, V, *z.shape[1:])
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
