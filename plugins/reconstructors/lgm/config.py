@@ -61,6 +61,10 @@ class LGMConfig(ReconstructorConfig):
     rotation: Literal["official", "per_gaussian"] = "per_gaussian"
     #: positions are clamped to [-position_bound, position_bound]^3
     position_bound: float = Field(1.0, gt=0)
+    #: "xyz": the network regresses world positions (LGM); "ray": each Gaussian sits on the
+    #: ray of its splat pixel, at depth ``|camera centre| + out`` (pixel-aligned, as Splatter
+    #: Image does), which a small model trained from scratch learns far faster
+    position: Literal["xyz", "ray"] = "xyz"
     #: Gaussians below this opacity are dropped when writing a .ply (LGM: 0.005)
     ply_opacity_threshold: float = Field(0.005, ge=0, le=1)
     #: renderers cull Gaussians closer to the camera than this (LGM's rasterizer: z <= 0.2)
@@ -172,6 +176,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "time_embed_channels": 64,
         "time_input": "paper",
         "rotation": "per_gaussian",
+        "position": "ray",
     },
     # CPU tests: 64x64 input, 32x32 splats, about 377k parameters
     "tiny": {

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ouroboros_core.cameras import Cameras, plucker_rays
+from ouroboros_core.cameras import Cameras, camera_rays, plucker_rays
 from ouroboros_core.errors import InputError, WeightsError
 from ouroboros_core.gaussians import GaussianCloud
 from ouroboros_core.interfaces import Reconstructor
@@ -103,18 +103,27 @@ class LGMReconstructor(Reconstructor):
         return torch.where(noisy, t, torch.full_like(t, clean))
 
     # ------------------------------------------------------------------ network
-    def gaussian_params(self, x: torch.Tensor, t: torch.Tensor | None) -> torch.Tensor:
+    def gaussian_params(self, x: torch.Tensor, t: torch.Tensor | None, cameras: Cameras | None = None) -> torch.Tensor:
         """Activated Gaussians ``(B, V*S*S, 14)`` in LGM's layout from ``x`` ``(B, V, 9, S, S)``.
 
         Channels: xyz (clamped), opacity (sigmoid), scale (0.1 softplus), quaternion wxyz
-        (normalised as ``rotation`` says), rgb (0.5 tanh + 0.5).
+        (normalised as ``rotation`` says), rgb (0.5 tanh + 0.5). With ``position: ray`` the
+        first channel is a depth offset along each splat pixel's ray of ``cameras`` instead.
         """
         b, v = x.shape[:2]
         raw = self.conv(self.unet(x.flatten(0, 1), num_views=v, t=t))
         s = raw.shape[-1]
         raw = raw.reshape(b, v, GAUSSIAN_CHANNELS, s, s).permute(0, 1, 3, 4, 2).reshape(b, v * s * s, GAUSSIAN_CHANNELS).float()
         bound = self.config.position_bound
-        pos = raw[..., 0:3].clamp(-bound, bound)
+        if self.config.position == "ray":
+            if cameras is None:
+                raise ValueError("position: ray needs the cameras of the input views")
+            origins, directions = camera_rays(cameras.to(device=raw.device, dtype=torch.float32), s, s)
+            origins, directions = origins.reshape(b, v * s * s, 3), directions.reshape(b, v * s * s, 3)
+            depth = origins.norm(dim=-1, keepdim=True) + raw[..., 0:1]
+            pos = (origins + depth * directions).clamp(-bound, bound)
+        else:
+            pos = raw[..., 0:3].clamp(-bound, bound)
         opacity = torch.sigmoid(raw[..., 3:4])
         scale = 0.1 * F.softplus(raw[..., 4:7])
         quat_dim = 1 if self.config.rotation == "official" else -1  # official: across all Gaussians
@@ -133,7 +142,7 @@ class LGMReconstructor(Reconstructor):
         means clean. With ``rotation: official`` the cloud is rendered from raw quaternions.
         """
         x = self.network_input(images, cameras)
-        params = self.gaussian_params(x, self.time_values(sigma, x.shape[0], x.device))
+        params = self.gaussian_params(x, self.time_values(sigma, x.shape[0], x.device), cameras)
         return GaussianCloud(
             means=params[..., 0:3],
             quats=params[..., 7:11],
