@@ -504,7 +504,8 @@ class JointTrainer:
                 hint="resume with the same trainer.grad_accum",
             )
         tensors = load_file(str(path / "model.safetensors"))
-        expected = set(self._model_tensors())
+        current = self._model_tensors()
+        expected = set(current)
         missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         if missing or unexpected:
             what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
@@ -513,6 +514,14 @@ class JointTrainer:
                 where=str(path / "model.safetensors"),
                 hint="resume with the recipe (components and trainer.trainable) the checkpoint was trained with",
             )
+        for key in sorted(tensors):
+            if tuple(tensors[key].shape) != tuple(current[key].shape):
+                raise WeightsError(
+                    f"checkpoint does not match the model: {key} has shape {tuple(tensors[key].shape)} "
+                    f"in the checkpoint but {tuple(current[key].shape)} in the model",
+                    where=str(path / "model.safetensors"),
+                    hint="resume with the recipe (component configs and presets) the checkpoint was trained with",
+                )
         self.components.load_state_dict(tensors, strict=False)
         self.optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
         rng = load_file(str(path / "rng.safetensors"))

@@ -292,6 +292,25 @@ def test_checkpoint_mismatch_is_a_clear_error(tmp_path):
         t.load_checkpoint(tmp_path)
 
 
+def test_checkpoint_with_matching_keys_but_another_shape_names_key_and_shapes(tmp_path):
+    from safetensors.torch import save_file
+
+    t = trainer()
+    t.train_step([toy_batch()])
+    path = t.save_checkpoint(tmp_path / "ck")
+    tensors = load_file(str(path / "model.safetensors"))
+    tensors["reconstructor.color_gain"] = torch.zeros(5)  # same key, shape (3,) in the model
+    save_file(tensors, str(path / "model.safetensors"))
+    other = trainer(component_seed=3)
+    before = {k: v.detach().clone() for k, v in other.components.state_dict().items()}
+    with pytest.raises(WeightsError, match=r"reconstructor\.color_gain has shape \(5,\) in the checkpoint but \(3,\) in the model") as info:
+        other.load_checkpoint(path)
+    assert "model.safetensors" in str(info.value)
+    assert other.step == 0
+    for key, value in other.components.state_dict().items():  # nothing was loaded
+        assert torch.equal(value, before[key]), key
+
+
 def test_ema_tracks_and_applies():
     t = trainer(ema_decay=0.5, trainable=["generator"])
     start = t.components["generator"].offset.detach().clone()
