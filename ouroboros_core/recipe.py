@@ -120,6 +120,8 @@ class DataConfig(_Section):
     num_objects: int | None = None
     #: procedural data: "train" or "heldout" objects (the two never share an object)
     split: Literal["train", "heldout"] = "train"
+    #: DataLoader worker processes (0: load in the training process)
+    num_workers: int = Field(0, ge=0)
 
 
 class TrainerConfig(_Section):
@@ -144,6 +146,20 @@ class TrainerConfig(_Section):
     grad_clip: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema_decay: float | None = None
+    #: learning-rate schedule over max_steps after a linear warm-up of lr_warmup_steps
+    #: ("constant": lr throughout; "linear"/"cosine": down to lr * lr_min_ratio at max_steps)
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    lr_min_ratio: float = Field(0.0, ge=0, le=1)
+    #: modules whose activations are recomputed in the backward pass instead of stored: module
+    #: paths or fnmatch patterns inside {generator, reconstructor, feedback}, e.g.
+    #: "generator.unet" (diffusers' own checkpointing) or "reconstructor.unet.*.nets.?"
+    gradient_checkpointing: list[str] = Field(default_factory=list)
+    #: TensorBoard event files under <run>/tensorboard (scalars every step)
+    tensorboard: bool = False
+    #: every this many steps, a validation image strip (input | generated views | 3D renders of
+    #: a fixed held-out object) in TensorBoard; 0: never
+    validate_every: int = Field(0, ge=0)
     self_condition_prob: float = Field(0.5, ge=0, le=1)
     p_mean: float = 1.0
     p_std: float = 1.6

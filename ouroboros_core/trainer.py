@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -229,6 +230,76 @@ def parameter_groups(
     return [{"params": params, "lr": lr * scale, "lr_scale": scale} for scale, params in groups.items()]
 
 
+# ====================================================================== memory and schedule
+def apply_gradient_checkpointing(components: nn.ModuleDict, patterns: Sequence[str]) -> list[str]:
+    """Recompute the activations of the modules ``patterns`` name in the backward pass.
+
+    Each pattern is a module path inside ``{generator, reconstructor, feedback}`` or an
+    ``fnmatch`` pattern over those paths (``reconstructor.unet.*.nets.?``). A matched module
+    with its own switch (diffusers' ``enable_gradient_checkpointing``) uses it; any other has its
+    ``forward`` run under ``torch.utils.checkpoint`` (non-reentrant, RNG state preserved) while
+    training with gradients enabled. Modules inside an already chosen one are skipped. A pattern
+    that matches nothing is a :class:`RecipeError`. Returns the chosen module paths.
+    """
+    from fnmatch import fnmatchcase
+
+    modules = dict(components.named_modules())
+    chosen: list[str] = []
+    for pattern in patterns:
+        found = [name for name in modules if name and (name == pattern or fnmatchcase(name, pattern))]
+        if not found:
+            tops = sorted({n.split(".")[0] for n in modules if n})
+            raise RecipeError(
+                f"trainer.gradient_checkpointing: {pattern!r} matches no module",
+                hint=suggest(pattern.split(".")[0], tops, "component") + "; use module paths such as generator.unet",
+            )
+        chosen += [n for n in found if n not in chosen]
+    outer = [n for n in chosen if not any(n.startswith(o + ".") for o in chosen if o != n)]
+    for name in outer:
+        module = modules[name]
+        if getattr(module, "_supports_gradient_checkpointing", False) and hasattr(module, "enable_gradient_checkpointing"):
+            module.enable_gradient_checkpointing()
+        else:
+            _checkpoint_forward(module)
+    return outer
+
+
+def _checkpoint_forward(module: nn.Module) -> None:
+    from torch.utils.checkpoint import checkpoint
+
+    if getattr(module, "_ouroboros_checkpointed", False):
+        return
+    inner = module.forward
+
+    def forward(*args, **kwargs):
+        if module.training and torch.is_grad_enabled():
+            return checkpoint(inner, *args, use_reentrant=False, **kwargs)
+        return inner(*args, **kwargs)
+
+    module.forward = forward
+    module._ouroboros_checkpointed = True
+
+
+def lr_factor(config: TrainerConfig, step: int) -> float | None:
+    """The learning-rate multiplier of optimiser step ``step`` (0-based) under
+    ``config.lr_schedule`` over ``config.max_steps`` after ``config.lr_warmup_steps`` of linear
+    warm-up; ``None`` when the schedule is constant without warm-up (the rates stay as set)."""
+    import math
+
+    if config.lr_schedule == "constant" and not config.lr_warmup_steps:
+        return None
+    warmup = config.lr_warmup_steps
+    if step < warmup:
+        return (step + 1) / warmup
+    if config.lr_schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, config.max_steps - warmup))
+    low = config.lr_min_ratio
+    if config.lr_schedule == "linear":
+        return 1.0 - (1.0 - low) * progress
+    return low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 # ====================================================================== EMA
 class EMA:
     """Exponential moving average of the trainable parameters (fp32 shadow copies)."""
@@ -278,6 +349,26 @@ def _make_accelerator(config: TrainerConfig, device: str | None):
     return Accelerator(cpu=device == "cpu", mixed_precision=config.mixed_precision)
 
 
+def _configure_deepspeed(accelerator, config: TrainerConfig) -> None:
+    """Under DeepSpeed: its engine steps after every backward pass, so the trainer's own
+    accumulation cannot work (``trainer.grad_accum`` must be 1); the micro-batch size it asks for
+    is ``trainer.batch_size`` (the loader is not passed to ``prepare`` with the model)."""
+    from accelerate.utils import DistributedType
+
+    if getattr(accelerator, "distributed_type", None) != DistributedType.DEEPSPEED:
+        return
+    if config.grad_accum != 1:
+        raise RecipeError(
+            f"trainer.grad_accum is {config.grad_accum}; under DeepSpeed it must be 1",
+            hint="set trainer.grad_accum=1 and reach the total batch with more GPUs or trainer.batch_size",
+        )
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    if ds.get("train_micro_batch_size_per_gpu", "auto") == "auto":
+        ds["train_micro_batch_size_per_gpu"] = config.batch_size
+    if ds.get("train_batch_size", "auto") == "auto":
+        ds["train_batch_size"] = config.batch_size * accelerator.num_processes
+
+
 class JointTrainer:
     """Trains generator, reconstructor and feedback encoders jointly (Algorithm 1).
 
@@ -302,7 +393,10 @@ class JointTrainer:
         self.config = config
         self.accelerator = accelerator if accelerator is not None else _make_accelerator(config, device)
         model = JointModel(generator, reconstructor, encoders, config, maps_config or MapsConfig())
+        if config.gradient_checkpointing:
+            apply_gradient_checkpointing(model.components, config.gradient_checkpointing)
         groups = parameter_groups(model.components, config.trainable, config.lr, config.lr_scale)
+        _configure_deepspeed(self.accelerator, config)
         self.trainable_names = [n for n, p in model.components.named_parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
@@ -359,7 +453,14 @@ class JointTrainer:
                 logs[key] = logs.get(key, 0.0) + value / n
         if self.config.grad_clip:
             norm = self.accelerator.clip_grad_norm_(self._trainable_parameters(), self.config.grad_clip)
-            logs["grad_norm"] = float(norm)
+            if norm is None:  # DeepSpeed clips inside its own step and reports the norm after it
+                report = getattr(self.model, "get_global_grad_norm", None)
+                norm = report() if report is not None else None
+            logs["grad_norm"] = float(norm) if norm is not None else math.nan
+        factor = lr_factor(self.config, self.step)
+        if factor is not None:
+            for group in self.optimizer.param_groups:
+                group["lr"] = self.config.lr * group.get("lr_scale", 1.0) * factor
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.ema is not None:
