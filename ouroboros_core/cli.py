@@ -298,11 +298,33 @@ def _recipe_with_device(args: argparse.Namespace):
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .runs import train
+    import os
+
+    from .runs import dry_run, train
 
     recipe = _recipe_with_device(args)
+    if args.dry_run:
+        report = dry_run(recipe)
+        groups = ", ".join(f"{prefix} {count:,}" for prefix, count in report["trainable_groups"].items())
+        parts = ", ".join(f"{name} {c['trainable']:,}/{c['total']:,}" for name, c in report["parameters"].items())
+        memory = f"peak RSS {report['peak_rss_gib']:.2f} GiB" + (f", peak GPU {report['peak_gpu_gib']:.2f} GiB" if "peak_gpu_gib" in report else "")
+        print(f"dry run of {report['recipe']} on {report['device']} ({report['processes']} process(es)); nothing written")
+        print(f"trainable parameters by trainer.trainable: {groups}")
+        print(f"parameters trainable/total: {parts}")
+        print(f"one optimiser step (the first, warm-up included): {report['step_s']:.3f} s/step (build {report['build_s']:.1f} s); {memory}")
+        print(f"losses: " + ", ".join(f"{k} {v:.4g}" for k, v in report["losses"].items()))
+        return 0
+    main_process = int(os.environ.get("RANK", "0")) == 0  # under `accelerate launch`, print once
+    run_dir = Path(args.output or recipe.model.trainer.output_dir)
+    if main_process:
+        print(f"logs: {run_dir / 'log.jsonl'}", end="")
+        if recipe.model.trainer.tensorboard:
+            print(f"; TensorBoard: tensorboard --logdir {run_dir / 'tensorboard'}")
+        else:
+            print(" (TensorBoard: --set trainer.tensorboard=true)")
     run_dir = train(recipe, args.output, resume=args.resume, max_steps=args.max_steps, progress=not args.quiet)
-    print(f"trained -> {run_dir} (generate with: ouroboros3d generate IMAGE --recipe {run_dir / 'trained.yaml'})")
+    if main_process:
+        print(f"trained -> {run_dir} (generate with: ouroboros3d generate IMAGE --recipe {run_dir / 'trained.yaml'})")
     return 0
 
 
@@ -313,6 +335,7 @@ def _add_train(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimiser steps (trainer.max_steps)")
     parser.add_argument("--device", default=None, help="cpu, cuda or auto (multi-GPU: launch with `accelerate launch`)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--dry-run", action="store_true", help="build everything, run one step, print parameter counts, memory and s/step; write nothing")
     add_overrides_argument(parser)
     parser.set_defaults(func=_train)
 

@@ -74,7 +74,7 @@ def make_dataloader(dataset: Dataset, batch_size: int, seed: int = 0, shuffle: b
     sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_multiview,
-        num_workers=num_workers, drop_last=len(dataset) >= batch_size,
+        num_workers=num_workers, drop_last=len(dataset) >= batch_size, persistent_workers=num_workers > 0,
     )
 
 
