@@ -7,7 +7,6 @@ LGM uses MSE + LPIPS(VGG) + an alpha MSE. Both are a :class:`LossConfig` away.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .recipe import LossConfig
@@ -48,10 +47,13 @@ class ReconstructionLoss(nn.Module):
         """The weighted total under ``"total"`` plus each unweighted term."""
         cfg = self.config
         pred_rgb, target_rgb = pred_rgb.float(), target_rgb.float()
-        if cfg.color == "l1":
-            color = F.l1_loss(pred_rgb, target_rgb)
-        else:
-            color = F.mse_loss(pred_rgb, target_rgb)
+        mean = torch.mean
+        if cfg.balance_foreground:
+            if target_alpha is None:
+                raise ValueError("balance_foreground needs the ground-truth alpha")
+            mean = _balanced_mean(target_alpha.float())
+        error = (pred_rgb - target_rgb).abs() if cfg.color == "l1" else (pred_rgb - target_rgb) ** 2
+        color = mean(error)
         terms = {"color": color}
         total = cfg.color_weight * color
         if self.lpips is not None:
@@ -62,7 +64,25 @@ class ReconstructionLoss(nn.Module):
         if cfg.alpha_weight > 0:
             if pred_alpha is None or target_alpha is None:
                 raise ValueError("alpha_weight > 0 needs both the rendered and the ground-truth alpha")
-            terms["alpha"] = F.mse_loss(pred_alpha.float(), target_alpha.float())
+            terms["alpha"] = mean((pred_alpha.float() - target_alpha.float()) ** 2)
             total = total + cfg.alpha_weight * terms["alpha"]
         terms["total"] = total
         return terms
+
+
+def _balanced_mean(target_alpha: torch.Tensor, threshold: float = 0.5):
+    """A mean over ``(B, V, C, H, W)`` errors that weighs, per view, the object pixels
+    (``target_alpha > threshold``) and the background pixels half each (a view without object
+    pixels is all background)."""
+    fg = (target_alpha > threshold).float()  # (B, V, 1, H, W)
+
+    def mean(error: torch.Tensor) -> torch.Tensor:
+        per_pixel = error.mean(2, keepdim=True)
+        n_fg = fg.sum((-2, -1), keepdim=True)
+        n_bg = (1 - fg).sum((-2, -1), keepdim=True)
+        fg_mean = (per_pixel * fg).sum((-2, -1), keepdim=True) / n_fg.clamp_min(1)
+        bg_mean = (per_pixel * (1 - fg)).sum((-2, -1), keepdim=True) / n_bg.clamp_min(1)
+        both = (n_fg > 0) & (n_bg > 0)
+        return torch.where(both, 0.5 * (fg_mean + bg_mean), fg_mean + bg_mean).mean()
+
+    return mean

@@ -103,6 +103,10 @@ class LossConfig(_Section):
     #: load LPIPS with a random trunk (offline tests); never for real training
     lpips_random_trunk: bool = False
     alpha_weight: float = 0.0
+    #: average each term as 1/2 (mean over object pixels + mean over background pixels), by
+    #: the ground-truth alpha: small objects on a large background then cannot be "learned"
+    #: by rendering nothing (a reconstructor trained from scratch otherwise falls into that)
+    balance_foreground: bool = False
 
 
 class DataConfig(_Section):
@@ -214,6 +218,14 @@ class OutputConfig(_Section):
     video_frames: int = 60
     video_fps: int = 30
     video_size: int = 512
+    #: also write model.glb, a vertex-coloured mesh of the Gaussians (TSDF fusion of rendered
+    #: views, see ouroboros_core.mesh_from_gaussians; needs the 'mesh' extra); results that
+    #: are already meshes write model.glb anyway
+    mesh: bool = False
+    #: TSDF grid points per axis, fused views, and the most faces kept (0: no simplification)
+    mesh_resolution: int = Field(128, ge=8)
+    mesh_views: int = Field(64, ge=1)
+    mesh_faces: int = Field(20000, ge=0)
 
 
 class RecipeModel(_Section):

@@ -38,7 +38,7 @@ def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
     skip_unless_buildable(ROOT / "pyproject.toml", "ouroboros3d")
     # build from a copy of the source tree: setuptools leaves a build/ folder behind
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs"))
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs", "data"))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-index", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
@@ -48,6 +48,9 @@ def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
     assert not any(n.startswith("plugins/") for n in names)
     shipped = {Path(n).name for n in names if n.startswith("ouroboros_plugins/recipes/") and n.endswith(".yaml")}
     assert shipped == {p.name for p in (ROOT / "recipes").glob("*.yaml")}
+    # the trained tiny model's weights travel with the recipe that points at them
+    weights = {Path(n).name for n in names if n.startswith("ouroboros_plugins/recipes/weights/tiny/")}
+    assert weights == {p.name for p in (ROOT / "recipes" / "weights" / "tiny").glob("*.safetensors")} and weights
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(entry_points).decode()
     assert "[ouroboros3d]" in text and "ouroboros_plugins.reconstructors.lgm" in text
@@ -57,7 +60,7 @@ def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
 def test_recipes_are_found_after_a_regular_install(tmp_path):
     skip_unless_buildable(ROOT / "pyproject.toml", "ouroboros3d")
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs"))
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs", "data"))
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(source)],

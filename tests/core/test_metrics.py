@@ -88,6 +88,26 @@ def test_reconstruction_loss_terms_match_direct_computation():
         l1(pred, target)
 
 
+def test_balanced_loss_weighs_object_and_background_pixels_half_each():
+    # one view: a 2x2 object in a 4x4 image; another: no object at all
+    target = torch.ones(1, 2, 3, 4, 4)
+    ta = torch.zeros(1, 2, 1, 4, 4)
+    ta[0, 0, :, 1:3, 1:3] = 1.0
+    pred = torch.ones(1, 2, 3, 4, 4)
+    pred[0, 0, :, 1:3, 1:3] = 0.0  # the object pixels are wrong by 1 (rendering "nothing")
+    pred[0, 1, 0, 0, 0] = 0.4  # one background pixel of the empty view is off by 0.6 in red
+    pa = torch.zeros(1, 2, 1, 4, 4)
+    loss = ReconstructionLoss(LossConfig(color="l1", lpips_weight=0.0, alpha_weight=1.0, balance_foreground=True))
+    out = loss(pred, target, pa, ta)
+    # view 0: 1/2 (object mean 1 + background mean 0); view 1: all background, 0.6 / 3 / 16
+    assert out["color"].item() == pytest.approx((0.5 * 1.0 + 0.6 / 3 / 16) / 2, rel=1e-6)
+    assert out["alpha"].item() == pytest.approx((0.5 * 1.0 + 0.0) / 2, rel=1e-6)
+    plain = ReconstructionLoss(LossConfig(color="l1", lpips_weight=0.0, alpha_weight=1.0))(pred, target, pa, ta)
+    assert plain["color"].item() == pytest.approx((4 * 3 + 0.6) / (2 * 3 * 16), rel=1e-6)  # 8x smaller for the object
+    with pytest.raises(ValueError, match="ground-truth alpha"):
+        ReconstructionLoss(LossConfig(lpips_weight=0.0, balance_foreground=True))(pred, target)
+
+
 def test_reconstruction_loss_lpips_term_equals_metric():
     pytest.importorskip("lpips")
     pytest.importorskip("torchvision")
