@@ -246,7 +246,13 @@ def _generate(args: argparse.Namespace) -> int:
         overrides.append(f"device={args.device}")
     if args.dtype is not None:
         overrides.append(f"dtype={args.dtype}")
+    if args.mesh:
+        overrides.append("output.mesh=true")
     recipe = load_recipe(args.recipe, overrides)
+    if recipe.model.output.mesh:
+        from .mesh_from_gaussians import require_mesh_libraries
+
+        require_mesh_libraries()
     folders = _output_folders(args.images, Path(args.output or recipe.model.output.dir))
     for folder in folders:
         check_result_dir(folder, args.overwrite, RESULT_FILES)
@@ -284,6 +290,9 @@ def _add_generate(parser: argparse.ArgumentParser) -> None:
         help="use an RGB image as is: the object mask is estimated from a plain background colour",
     )
     parser.add_argument("--save-intermediates", action="store_true", help="also save every step's feedback maps (steps/*.png)")
+    parser.add_argument(
+        "--mesh", action="store_true", help="also write model.glb, a vertex-coloured mesh of the Gaussians (output.mesh; the 'mesh' extra)"
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_overrides_argument(parser)
     parser.set_defaults(func=_generate)
@@ -401,6 +410,60 @@ def _add_data(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=_data_synth)
 
 
+# ---------------------------------------------------------------------- mesh
+def _mesh(args: argparse.Namespace) -> int:
+    import time
+
+    from .errors import InputError
+    from .mesh import MESH_FORMATS
+    from .mesh_from_gaussians import require_mesh_libraries
+
+    source = Path(args.ply)
+    if source.is_dir():
+        raise InputError("is a folder, not a .ply file", where=args.ply, hint="give a 3D Gaussian Splatting .ply (e.g. outputs/NAME/model.ply)")
+    if not source.is_file():
+        raise InputError("Gaussian .ply not found", where=args.ply, hint="check the path")
+    target = Path(args.output) if args.output else source.with_suffix(".glb")
+    if target.suffix.lower() not in MESH_FORMATS:
+        raise UserError(f"cannot write a mesh as {target.name!r}: unknown extension {target.suffix!r}", hint=f"use one of {', '.join(MESH_FORMATS)}")
+    if target.is_dir():
+        raise UserError("the output is a folder", where=str(target), hint="give a file name such as model.glb")
+    if target.exists() and not args.overwrite:
+        raise UserError("the output file already exists", where=str(target), hint="pass --overwrite to replace it, or choose another -o")
+    require_mesh_libraries()
+
+    from .build import resolve_device
+    from .gaussians import GaussianCloud
+    from .mesh_from_gaussians import mesh_from_gaussians
+
+    start = time.perf_counter()
+    cloud = GaussianCloud.load_ply(source, raw_quaternions=args.raw_quaternions).to(resolve_device(args.device))
+    info: dict = {}
+    mesh = mesh_from_gaussians(
+        cloud, resolution=args.resolution, views=args.views, faces=args.faces or None, render_size=args.render_size, info=info
+    )
+    mesh.save(target)
+    if info["simplification"] == "resample":
+        print("note: fast-simplification is not installed: simplified by a coarser grid (pip install 'ouroboros3d[mesh]')", file=sys.stderr)
+    print(f"{source} -> {target} ({info['faces']} faces, {info['vertices']} vertices, {time.perf_counter() - start:.1f} s)")
+    return 0
+
+
+def _add_mesh(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("ply", help="3D Gaussian Splatting .ply (what generate writes as model.ply)")
+    parser.add_argument("-o", "--output", default=None, help="mesh file: .glb (default: the .ply's name with .glb), .obj or .ply")
+    parser.add_argument("--resolution", type=int, default=128, help="TSDF grid points per axis (default 128)")
+    parser.add_argument("--views", type=int, default=64, help="rendered views on a sphere fused into the TSDF (default 64)")
+    parser.add_argument("--faces", type=int, default=20000, help="simplify to at most this many faces; 0 keeps all (default 20000)")
+    parser.add_argument("--render-size", type=int, default=None, help="pixels per side of each view (default: the resolution)")
+    parser.add_argument(
+        "--raw-quaternions", action="store_true", help="build covariances from un-normalised quaternions (Gaussians from the published LGM weights)"
+    )
+    parser.add_argument("--device", default="auto", help="cpu, cuda or auto (default: CUDA when available; gsplat renders there)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    parser.set_defaults(func=_mesh)
+
+
 COMMANDS: list[tuple[str, str, AddArguments]] = [
     ("generate", "turn images into multi-view images, a 3D model and a turntable video", _add_generate),
     ("train", "train a recipe's components jointly (self-conditioned feedback)", _add_train),
@@ -409,6 +472,7 @@ COMMANDS: list[tuple[str, str, AddArguments]] = [
     ("recipes", "list, show and validate recipes", _add_recipes),
     ("weights", "inspect and convert checkpoints", _add_weights),
     ("data", "make training and evaluation data", _add_data),
+    ("mesh", "turn 3D Gaussians (.ply) into a vertex-coloured mesh (.glb) by TSDF fusion of rendered views", _add_mesh),
 ]
 
 

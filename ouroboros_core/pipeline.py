@@ -254,6 +254,10 @@ class ImageTo3DPipeline:
                 rep = result.representation
                 files["model"] = rep.save(tmp / f"model{rep.file_suffix}", index=0).name
                 timings["save.model"] = time.perf_counter() - start
+            if out_cfg.mesh:
+                mesh_file = self._save_mesh(result, tmp / "model.glb", timings)
+                if mesh_file:
+                    files["mesh"] = mesh_file
             if out_cfg.video:
                 start = time.perf_counter()
                 frames = self.render_turntable(result, turntable_cameras(result.cameras, out_cfg.video_frames))
@@ -263,9 +267,34 @@ class ImageTo3DPipeline:
                 save_grid(maps, tmp / "steps" / f"{name}.png", columns=out_cfg.grid_columns)
             self.recipe.save(tmp)
             files["recipe"] = "recipe.yaml"
-            manifest = dict(result.manifest, timings_s=timings, files=files)
+            manifest = dict(result.manifest, timings_s=timings, files=files, warnings=list(result.warnings))
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
         return folder
+
+    def _save_mesh(self, result: GenerationResult, path: Path, timings: dict[str, float]) -> str | None:
+        """``output.mesh``: write the Gaussians as a vertex-coloured mesh (``model.glb``).
+        Gaussians that give no mesh (all transparent, say) add a warning instead of failing
+        the whole result; a representation that is already a mesh has its .glb already."""
+        from .gaussians import GaussianCloud
+        from .mesh_from_gaussians import MeshExportError, mesh_from_gaussians
+
+        rep = result.representation
+        if not isinstance(rep, GaussianCloud) or rep.is_empty(0):
+            return None
+        out_cfg = self.recipe.model.output
+        start = time.perf_counter()
+        try:
+            mesh = mesh_from_gaussians(
+                rep, index=0, resolution=out_cfg.mesh_resolution, views=out_cfg.mesh_views, faces=out_cfg.mesh_faces or None
+            )
+        except MeshExportError as exc:
+            warning = f"no model.glb: {exc}"
+            if warning not in result.warnings:
+                result.warnings.append(warning)
+            return None
+        finally:
+            timings["save.mesh"] = time.perf_counter() - start
+        return mesh.save(path).name
 
     @torch.no_grad()
     def render_turntable(self, result: GenerationResult, cameras: Cameras, chunk: int = 8) -> torch.Tensor:
