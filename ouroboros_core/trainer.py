@@ -333,7 +333,7 @@ class EMA:
 @dataclass
 class TrainStepInfo:
     """What a training callback sees after each optimiser step (losses averaged over the
-    accumulated micro-batches)."""
+    accumulated micro-batches and, with several processes, over the processes)."""
 
     step: int
     losses: dict[str, float]
@@ -451,6 +451,10 @@ class JointTrainer:
         for k, batch in enumerate(batches):
             for key, value in self._micro_step(batch, sync=k == n - 1, scale=1.0 / n).items():
                 logs[key] = logs.get(key, 0.0) + value / n
+        if self.accelerator.num_processes > 1:  # report the mean over processes: the loss of the whole batch
+            keys = sorted(logs)
+            local = torch.tensor([logs[k] for k in keys], dtype=torch.float64, device=self.device)
+            logs = dict(zip(keys, self.accelerator.reduce(local, reduction="mean").tolist()))
         if self.config.grad_clip:
             norm = self.accelerator.clip_grad_norm_(self._trainable_parameters(), self.config.grad_clip)
             if norm is None:  # DeepSpeed clips inside its own step and reports the norm after it
