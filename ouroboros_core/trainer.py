@@ -477,8 +477,9 @@ class JointTrainer:
         """Cycle over ``dataloader`` epoch after epoch, skipping the first ``skip`` batches.
 
         Each epoch calls ``set_epoch(epoch)`` on the loader, its sampler or its dataset when
-        they have one. Fetching runs under a forked global RNG, so loading never shifts the
-        random numbers the model sees (a resumed run re-creates its iterator at another time).
+        they have one. Creating the iterator and fetching run under a forked global RNG, so
+        loading never shifts the random numbers the model sees (a resumed run re-creates its
+        iterator at another time).
         """
         length = len(dataloader) if hasattr(dataloader, "__len__") else None
         epoch = 0
@@ -493,7 +494,8 @@ class JointTrainer:
                 from accelerate import skip_first_batches
 
                 source, skip = skip_first_batches(dataloader, skip), 0
-            iterator = iter(source)
+            with torch.random.fork_rng(devices=[]):  # a DataLoader draws its base seed here
+                iterator = iter(source)
             produced = False
             while True:
                 with torch.random.fork_rng(devices=[]):

@@ -3,7 +3,10 @@
 :meth:`JointTrainer.train_step` that writes, per process, one JSON line per optimiser step to
 ``<probe>/rank<R>.jsonl``: the ids of the objects this process trained on, its losses, and a
 SHA-256 of every trainable tensor after the step (bit identity across processes); and every
-file it opens for writing in the run folder to ``<probe>/writes<R>.txt``.
+file it opens for writing in the run folder to ``<probe>/writes<R>.txt``. With
+``HANG_IN_CHECKPOINT=00000003`` in the environment it stops for good right after writing that
+checkpoint's model file (the optimizer, RNG and trainer files not yet written), after touching
+``<probe>/hanging<R>``, for a test to kill it there.
 
     python multiprocess_driver.py RECIPE RUN_DIR PROBE_DIR MAX_STEPS [KEY=VALUE ...]
 """
@@ -75,9 +78,18 @@ def _record_writes(run_dir: Path, probe: Path) -> None:
             note(file)
         return real_open(file, mode, *args, **kwargs)
 
+    hang = os.environ.get("HANG_IN_CHECKPOINT")  # e.g. "00000003": stop for good halfway through writing it
+
     def recording_save(tensors, filename, *args, **kwargs):
         note(filename)
-        return real_save(tensors, filename, *args, **kwargs)
+        result = real_save(tensors, filename, *args, **kwargs)
+        if hang and f".step-{hang}.tmp-" in str(filename) and str(filename).endswith("model.safetensors"):
+            (probe / f"hanging{rank}").write_text(str(filename))  # the test kills -9 this process now
+            import time
+
+            while True:
+                time.sleep(1)
+        return result
 
     builtins.open = io.open = recording_open
     safetensors.torch.save_file = recording_save
