@@ -70,11 +70,14 @@ class EpochShuffleSampler(Sampler[int]):
 
 
 def make_dataloader(dataset: Dataset, batch_size: int, seed: int = 0, shuffle: bool = True, num_workers: int = 0) -> DataLoader:
-    """A training loader: epoch-seeded shuffling, :func:`collate_multiview`, full batches only."""
+    """A training loader: epoch-seeded shuffling, :func:`collate_multiview`, full batches only.
+
+    Workers are started anew each epoch (not persistent), so each gets a copy of the dataset
+    after its ``set_epoch`` (the official reader draws start views by epoch)."""
     sampler = EpochShuffleSampler(len(dataset), seed) if shuffle else None
     return DataLoader(
         dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate_multiview,
-        num_workers=num_workers, drop_last=len(dataset) >= batch_size, persistent_workers=num_workers > 0,
+        num_workers=num_workers, drop_last=len(dataset) >= batch_size,
     )
 
 
