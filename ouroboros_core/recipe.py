@@ -150,6 +150,9 @@ class TrainerConfig(_Section):
     grad_clip: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     ema_decay: float | None = None
+    #: with EMA, the run's weights/ and trained.yaml hold the averaged weights; this also
+    #: exports the raw (last-step) weights to weights-raw/ and trained-raw.yaml
+    export_raw_weights: bool = False
     #: learning-rate schedule over max_steps after a linear warm-up of lr_warmup_steps
     #: ("constant": lr throughout; "linear"/"cosine": down to lr * lr_min_ratio at max_steps)
     lr_schedule: Literal["constant", "linear", "cosine"] = "constant"

@@ -8,6 +8,8 @@ A training run folder holds everything needed to continue or use it::
     <run>/checkpoints/step-N/      resumable trainer state (safetensors + JSON)
     <run>/weights/<part>.safetensors  each component's weights (EMA when enabled)
     <run>/trained.yaml             a recipe using those weights: ``generate --recipe <run>/trained.yaml``
+    <run>/weights-raw/, trained-raw.yaml  the raw weights too (EMA with ``trainer.export_raw_weights``)
+    <run>/tensorboard/             TensorBoard event files (``trainer.tensorboard``)
 """
 
 from __future__ import annotations
@@ -61,13 +63,15 @@ def component_parts(recipe: Recipe) -> list[str]:
     return ["generator", "reconstructor"] + [f"feedback-{i}" for i in range(len(recipe.model.feedback))]
 
 
-def export_weights(recipe: Recipe, modules: list[torch.nn.Module], run_dir: Path) -> Path:
-    """Write ``weights/<part>.safetensors`` and ``trained.yaml`` (a recipe that loads them)."""
+def export_weights(
+    recipe: Recipe, modules: list[torch.nn.Module], run_dir: Path, folder: str = "weights", recipe_file: str = "trained.yaml"
+) -> Path:
+    """Write ``<folder>/<part>.safetensors`` and ``<recipe_file>`` (a recipe that loads them)."""
     from safetensors.torch import save_file
 
     from .io.atomic import atomic_write
 
-    weights = run_dir / "weights"
+    weights = run_dir / folder
     weights.mkdir(parents=True, exist_ok=True)
     for part, module in zip(component_parts(recipe), modules):
         tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
@@ -75,11 +79,11 @@ def export_weights(recipe: Recipe, modules: list[torch.nn.Module], run_dir: Path
             save_file(tensors, str(tmp))
     trained = recipe.to_dict()
     trained["name"] = f"{recipe.name}-trained"
-    trained["generator"]["weights"] = "./weights/generator.safetensors"
-    trained["reconstructor"]["weights"] = "./weights/reconstructor.safetensors"
+    trained["generator"]["weights"] = f"./{folder}/generator.safetensors"
+    trained["reconstructor"]["weights"] = f"./{folder}/reconstructor.safetensors"
     for i, entry in enumerate(trained["feedback"]):
-        entry["weights"] = f"./weights/feedback-{i}.safetensors"
-    target = run_dir / "trained.yaml"
+        entry["weights"] = f"./{folder}/feedback-{i}.safetensors"
+    target = run_dir / recipe_file
     with atomic_write(target) as tmp:
         tmp.write_text(yaml.safe_dump(trained, sort_keys=False))
     return target
@@ -247,8 +251,10 @@ def train(
         trainer.save_checkpoint(final)
     if main:
         components = trainer.components
+        modules = [components["generator"], components["reconstructor"], *components["feedback"]]
+        if trainer.ema is not None and cfg.export_raw_weights:
+            export_weights(recipe, modules, run_dir, "weights-raw", "trained-raw.yaml")
         with trainer.ema.applied() if trainer.ema is not None else contextlib.nullcontext():
-            modules = [components["generator"], components["reconstructor"], *components["feedback"]]
             export_weights(recipe, modules, run_dir)
     trainer.accelerator.wait_for_everyone()
     return run_dir

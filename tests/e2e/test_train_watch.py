@@ -87,3 +87,28 @@ def test_dry_run_prints_counts_memory_and_time_and_writes_nothing(tmp_path, caps
     assert f"generator.unet {unet:,}, feedback {feedback:,}" in printed
     assert f"generator {unet:,}/{gen_total:,}" in printed
     assert "s/step" in printed and "peak RSS" in printed
+
+
+def test_ema_and_raw_weights_are_exported_side_by_side(tmp_path):
+    from safetensors.torch import load_file
+
+    from ouroboros_core.pipeline import ImageTo3DPipeline
+
+    recipe = write_small_recipe(tmp_path)
+    out = tmp_path / "run"
+    sets = _sets("trainer.ema_decay=0.5", "trainer.export_raw_weights=true", "trainer.lr=1e-3", "trainer.checkpoint_every=2")
+    assert main(["train", "--recipe", str(recipe), "-o", str(out), "--max-steps", "2", "-q"] + sets) == 0
+    checkpoint = out / "checkpoints" / "step-00000002"
+    ema, raw = load_file(str(checkpoint / "ema.safetensors")), load_file(str(checkpoint / "model.safetensors"))
+    for part, prefix in (("reconstructor", "reconstructor."), ("feedback-0", "feedback.0.")):
+        averaged = load_file(str(out / "weights" / f"{part}.safetensors"))
+        last = load_file(str(out / "weights-raw" / f"{part}.safetensors"))
+        keys = [k for k in ema if k.startswith(prefix)]
+        assert keys
+        for key in keys:
+            name = key[len(prefix):]
+            assert torch.equal(averaged[name], ema[key]) and torch.equal(last[name], raw[key]), key
+        assert any(not torch.equal(averaged[k[len(prefix):]], last[k[len(prefix):]]) for k in keys)
+    pipe = ImageTo3DPipeline.from_recipe(out / "trained-raw.yaml")
+    for name, value in pipe.reconstructor.state_dict().items():
+        assert torch.equal(value, load_file(str(out / "weights-raw" / "reconstructor.safetensors"))[name]), name
