@@ -136,27 +136,29 @@ def evaluate(
         from tqdm.auto import tqdm
 
         bar = tqdm(total=count * len(samplers), desc="evaluate")
-    for index in range(count):
-        item = collate_multiview([dataset[index]])
-        object_id = item["ids"][0]
-        gt = item["images"].to(pipe.device).float()
-        cams: Cameras = item["cameras"].to(pipe.device)
-        white = torch.ones_like(gt)
-        copy = gt[:, :1].expand_as(gt)
-        for name, pred in (("white", white), ("copy-input", copy)):  # its own "3D": no gap to report
-            scores = _object_scores(pred, pred, gt, lpips_net, lpips_random_trunk)
-            methods[name].append({"id": object_id, **{k: v for k, v in scores.items() if k.split(".")[0] not in ("gap", "consistency")}})
-        size = gt.shape[-1]
-        for name, sampler in samplers.items():
-            rng = torch.Generator(device=pipe.device).manual_seed(recipe.model.seed + index)
-            out = sampler(gt[:, 0].to(pipe.dtype), cams, generator=rng)
-            views = out.views.float().clamp(0, 1)
-            renders = out.representation.render(cams, size, size, background=1.0).rgb.float().clamp(0, 1)
-            methods[name].append({"id": object_id, **_object_scores(views, renders, gt, lpips_net, lpips_random_trunk)})
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+    try:
+        for index in range(count):
+            item = collate_multiview([dataset[index]])
+            object_id = item["ids"][0]
+            gt = item["images"].to(pipe.device).float()
+            cams: Cameras = item["cameras"].to(pipe.device)
+            white = torch.ones_like(gt)
+            copy = gt[:, :1].expand_as(gt)
+            for name, pred in (("white", white), ("copy-input", copy)):  # its own "3D": no gap to report
+                scores = _object_scores(pred, pred, gt, lpips_net, lpips_random_trunk)
+                methods[name].append({"id": object_id, **{k: v for k, v in scores.items() if k.split(".")[0] not in ("gap", "consistency")}})
+            size = gt.shape[-1]
+            for name, sampler in samplers.items():
+                rng = torch.Generator(device=pipe.device).manual_seed(recipe.model.seed + index)
+                out = sampler(gt[:, 0].to(pipe.dtype), cams, generator=rng)
+                views = out.views.float().clamp(0, 1)
+                renders = out.representation.render(cams, size, size, background=1.0).rgb.float().clamp(0, 1)
+                methods[name].append({"id": object_id, **_object_scores(views, renders, gt, lpips_net, lpips_random_trunk)})
+                if bar is not None:
+                    bar.update(1)
+    finally:  # the bar ends its line, so an interruption's message stands on its own
+        if bar is not None:
+            bar.close()
     result = {
         "recipe": recipe.name,
         "data": recipe.model.trainer.data.model_dump(mode="json"),

@@ -18,7 +18,14 @@ LOSSES = ("total", "diffusion", "recon", "recon_noisy", "recon_clean")
 
 
 def read_log(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines() if line.strip()]
+    """The log's lines by step; a step logged twice (a run killed after logging it and resumed
+    from an earlier checkpoint) keeps its last line."""
+    rows = {}
+    for line in (run / "log.jsonl").read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            rows[row["step"]] = row
+    return [rows[k] for k in sorted(rows)]
 
 
 def moving_average(values: list[float], window: int) -> list[float]:
