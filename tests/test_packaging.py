@@ -29,6 +29,14 @@ def _package_folders() -> set[str]:
     return names
 
 
+def _ignore_local(folder: str, names: list[str]) -> set[str]:
+    """What a source copy leaves out: caches, builds, and the local run and data folders."""
+    ignored = set(shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__")(folder, names))
+    if Path(folder) == ROOT:  # top-level only: ouroboros_core/data is a package
+        ignored |= {"outputs", "runs", "data"} & set(names)
+    return ignored
+
+
 def test_every_package_folder_is_declared():
     assert _package_folders() == _declared_packages()
 
@@ -38,7 +46,7 @@ def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
     skip_unless_buildable(ROOT / "pyproject.toml", "ouroboros3d")
     # build from a copy of the source tree: setuptools leaves a build/ folder behind
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs", "data"))
+    shutil.copytree(ROOT, source, ignore=_ignore_local)
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-index", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(source)],
         check=True,
@@ -60,7 +68,7 @@ def test_wheel_contains_recipes_and_no_plugins_package(tmp_path):
 def test_recipes_are_found_after_a_regular_install(tmp_path):
     skip_unless_buildable(ROOT / "pyproject.toml", "ouroboros3d")
     source = tmp_path / "src"
-    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__", "outputs", "runs", "data"))
+    shutil.copytree(ROOT, source, ignore=_ignore_local)
     target = tmp_path / "site"
     subprocess.run(
         [sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-build-isolation", "-q", "--target", str(target), str(source)],
