@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import json
 
 import imageio.v3 as iio
@@ -15,6 +17,9 @@ from plyfile import PlyData
 from ouroboros_core.cli import main
 from ouroboros_core.gaussians import GaussianCloud
 from ouroboros_core.pipeline import ImageTo3DPipeline
+
+#: the tiny plugins with random weights at 64² (the shipped `tiny` recipe is the trained model)
+TINY_RANDOM = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny-random.yaml")
 
 FAST = ["sampler.steps=2", "output.video_frames=6", "output.video_size=32"]
 
@@ -32,7 +37,7 @@ def object_rgba(size: int = 48) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def pipe() -> ImageTo3DPipeline:
-    return ImageTo3DPipeline.from_recipe("tiny", FAST)
+    return ImageTo3DPipeline.from_recipe(TINY_RANDOM, FAST)
 
 
 @pytest.fixture(scope="module")
@@ -96,9 +101,9 @@ def test_same_seed_same_outputs_and_other_seed_differs(pipe, result):
 
 
 def test_joint_mode_reconstructs_every_step_and_two_stage_once():
-    joint = ImageTo3DPipeline.from_recipe("tiny", FAST + ["sampler.final_reconstruction=last_step"])
+    joint = ImageTo3DPipeline.from_recipe(TINY_RANDOM, FAST + ["sampler.final_reconstruction=last_step"])
     assert joint(object_rgba(), seed=0).manifest["num_reconstructions"] == 2
-    two_stage = ImageTo3DPipeline.from_recipe("tiny", FAST + ["sampler.mode=none"])
+    two_stage = ImageTo3DPipeline.from_recipe(TINY_RANDOM, FAST + ["sampler.mode=none"])
     assert two_stage(object_rgba(), seed=0).manifest["num_reconstructions"] == 1
 
 
@@ -119,7 +124,7 @@ def test_cli_generate_several_inputs(tmp_path, capsys):
     Image.fromarray(object_rgba()).save(rgba)
     gray = tmp_path / "gray.png"
     Image.fromarray(object_rgba()[..., [0, 3]], mode="LA").save(gray)  # grayscale + alpha
-    code = main(["generate", str(rgba), str(gray), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q", "--seed", "1"] + [a for s in FAST for a in ("--set", s)])
+    code = main(["generate", str(rgba), str(gray), "--recipe", TINY_RANDOM, "-o", str(tmp_path / "out"), "-q", "--seed", "1"] + [a for s in FAST for a in ("--set", s)])
     assert code == 0
     assert (tmp_path / "out" / "a" / "model.ply").is_file()
     assert (tmp_path / "out" / "gray" / "views.png").is_file()
@@ -130,7 +135,7 @@ def test_cli_checks_every_input_before_generating(tmp_path, capsys):
     Image.fromarray(object_rgba()).save(good)
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    assert main(["generate", str(good), str(bad), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert main(["generate", str(good), str(bad), "--recipe", TINY_RANDOM, "-o", str(tmp_path / "out"), "-q"]) == 2
     assert "bad.png" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing was generated for the good one either
 
@@ -138,15 +143,15 @@ def test_cli_checks_every_input_before_generating(tmp_path, capsys):
 def test_cli_generate_user_errors(tmp_path, capsys):
     corrupt = tmp_path / "broken.png"
     corrupt.write_bytes(b"\x89PNG not really")
-    assert main(["generate", str(corrupt), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q"] + ["--set", FAST[0]]) == 2
+    assert main(["generate", str(corrupt), "--recipe", TINY_RANDOM, "-o", str(tmp_path / "out"), "-q"] + ["--set", FAST[0]]) == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert len(err) == 1 and "broken.png" in err[0]
     assert not (tmp_path / "out" / "broken").exists()
     rgb = tmp_path / "photo.jpg"
     Image.fromarray(object_rgba()[..., :3]).save(rgb)
-    assert main(["generate", str(rgb), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q"]) == 2
+    assert main(["generate", str(rgb), "--recipe", TINY_RANDOM, "-o", str(tmp_path / "out"), "-q"]) == 2
     assert "--no-remove-background" in capsys.readouterr().err
-    assert main(["generate", str(tmp_path / "missing.png"), "--recipe", "tiny"]) == 2
+    assert main(["generate", str(tmp_path / "missing.png"), "--recipe", TINY_RANDOM]) == 2
     assert "not found" in capsys.readouterr().err
 
 
@@ -163,7 +168,7 @@ def test_intermediate_feedback_maps_are_saved(pipe, tmp_path):
 
 
 # ---------------------------------------------------------------- fault paths of the command
-FAST_ARGS = ["--recipe", "tiny", "-q"] + [a for s in FAST for a in ("--set", s)]
+FAST_ARGS = ["--recipe", TINY_RANDOM, "-q"] + [a for s in FAST for a in ("--set", s)]
 
 
 @pytest.fixture

@@ -21,6 +21,9 @@ from ouroboros_core.mesh_from_gaussians import fibonacci_directions, mesh_from_g
 sys.path.insert(0, str(Path(__file__).parent))
 from test_generate import FAST, object_rgba  # noqa: E402
 
+#: the tiny plugins with random weights at 64² (the shipped `tiny` recipe is the trained model)
+TINY_RANDOM = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny-random.yaml")
+
 SMALL = ["--resolution", "48", "--views", "24"]
 RADIUS = 0.35
 
@@ -105,7 +108,7 @@ def test_generate_mesh_writes_model_glb_equal_to_the_api_result(tmp_path, capsys
     image = tmp_path / "obj.png"
     Image.fromarray(object_rgba()).save(image)
     settings = FAST + ["output.mesh_resolution=48", "output.mesh_views=24", "output.mesh_faces=2000"]
-    args = ["generate", str(image), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q", "--seed", "3", "--mesh"]
+    args = ["generate", str(image), "--recipe", TINY_RANDOM, "-o", str(tmp_path / "out"), "-q", "--seed", "3", "--mesh"]
     assert main(args + [a for s in settings for a in ("--set", s)]) == 0
     folder = tmp_path / "out" / "obj"
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -126,7 +129,7 @@ def test_generate_mesh_writes_model_glb_equal_to_the_api_result(tmp_path, capsys
 def test_generate_mesh_is_off_by_default_and_checked_before_models_load(tmp_path, capsys, monkeypatch):
     from ouroboros_core.recipe import load_recipe
 
-    assert load_recipe("tiny").model.output.mesh is False
+    assert load_recipe(TINY_RANDOM).model.output.mesh is False
     import ouroboros_core.mesh_from_gaussians as mfg
     from ouroboros_core.errors import UserError
 
@@ -144,7 +147,7 @@ def test_generate_mesh_is_off_by_default_and_checked_before_models_load(tmp_path
 
     image = tmp_path / "obj.png"
     Image.fromarray(object_rgba()).save(image)
-    assert main(["generate", str(image), "--recipe", "tiny", "-o", str(tmp_path / "out"), "-q", "--mesh"]) == 2
+    assert main(["generate", str(image), "--recipe", TINY_RANDOM, "-o", str(tmp_path / "out"), "-q", "--mesh"]) == 2
     (line,) = error_lines(capsys)
     assert "scikit-image" in line and "ouroboros3d[mesh]" in line
     assert issubclass(mfg.MeshExportError, UserError)
@@ -155,7 +158,7 @@ def test_generate_mesh_of_transparent_gaussians_warns_and_keeps_the_rest(tmp_pat
 
     from ouroboros_core.pipeline import ImageTo3DPipeline
 
-    pipe = ImageTo3DPipeline.from_recipe("tiny", FAST + ["output.mesh=true", "output.mesh_resolution=32", "output.mesh_views=8"])
+    pipe = ImageTo3DPipeline.from_recipe(TINY_RANDOM, FAST + ["output.mesh=true", "output.mesh_resolution=32", "output.mesh_views=8"])
     result = pipe(object_rgba(), seed=3)
     rep = result.representation
     faint = replace(rep, opacities=torch.full_like(rep.opacities, 0.01), save_min_opacity=0.0)

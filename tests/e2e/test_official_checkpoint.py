@@ -5,6 +5,8 @@ modules generate."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 import yaml
@@ -14,6 +16,9 @@ from ouroboros_core.pipeline import ImageTo3DPipeline
 from ouroboros_core.recipe import load_recipe
 from ouroboros_plugins.generators.svd.weights import official_state_dict
 from tests.e2e.test_generate import object_rgba
+
+#: the tiny plugins with random weights at 64² (the shipped `tiny` recipe is the trained model)
+TINY_RANDOM = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny-random.yaml")
 
 RECIPE = {
     "extends": "svd-lgm",
@@ -77,7 +82,7 @@ def test_offline_missing_base_is_reported_before_building(tmp_path, monkeypatch)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     (tmp_path / "mv.pth").write_bytes(b"")
-    recipe = load_recipe("tiny", ["generator.preset=tiny-official", f"generator.weights={tmp_path / 'mv.pth'}",
+    recipe = load_recipe(TINY_RANDOM, ["generator.preset=tiny-official", f"generator.weights={tmp_path / 'mv.pth'}",
                                   "generator.config.base_weights=stabilityai/stable-video-diffusion-img2vid"])
     with pytest.raises(WeightsError, match=r"1 weights source is not available\. Not in the local Hugging Face cache .*"
                        r"generator\.config\.base_weights = stabilityai/stable-video-diffusion-img2vid \(fix: .*hf download"):
@@ -89,5 +94,5 @@ def test_random_init_needs_no_base_weights_offline(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
-    recipe = load_recipe("tiny", ["generator.preset=tiny-official", "generator.config.base_weights=stabilityai/stable-video-diffusion-img2vid"])
+    recipe = load_recipe(TINY_RANDOM, ["generator.preset=tiny-official", "generator.config.base_weights=stabilityai/stable-video-diffusion-img2vid"])
     assert build_components(recipe).random_init == ["svd", "lgm", "adapter", "adapter"]

@@ -11,6 +11,9 @@ from ouroboros_core.pipeline import ImageTo3DPipeline
 from ouroboros_core.recipe import list_recipes, load_recipe
 from tests.e2e.test_generate import FAST, object_rgba
 
+#: the tiny plugins with random weights at 64² (the shipped `tiny` recipe is the trained model)
+TINY_RANDOM = str(Path(__file__).resolve().parents[1] / "recipes" / "tiny-random.yaml")
+
 #: our recipe files (installed as ouroboros_plugins.recipes); other installed distributions may
 #: register recipes too, so tests select ours by file, never "everything installed"
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -90,13 +93,13 @@ def test_variants_change_only_what_they_name():
     ],
 )
 def test_speed_knobs_run_the_tiny_recipe(knobs):
-    pipe = ImageTo3DPipeline.from_recipe("tiny", FAST + knobs)
+    pipe = ImageTo3DPipeline.from_recipe(TINY_RANDOM, FAST + knobs)
     result = pipe(object_rgba(), seed=0)
     assert result.views.shape == (8, 3, 64, 64) and torch.isfinite(result.views).all()
 
 
 def test_compile_flag_compiles_the_hot_modules_lazily():
-    pipe = ImageTo3DPipeline.from_recipe("tiny", FAST + ["compile=true"])
+    pipe = ImageTo3DPipeline.from_recipe(TINY_RANDOM, FAST + ["compile=true"])
     # nn.Module.compile() wraps the call lazily: nothing is compiled before the first call
     compiled = {name for name, m in [("unet", pipe.generator.unet), ("vae", pipe.generator.vae), ("lgm", pipe.reconstructor.unet)] if m._compiled_call_impl is not None}
     assert compiled == {"unet", "vae", "lgm"}
