@@ -15,6 +15,7 @@ A training run folder holds everything needed to continue or use it::
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -194,6 +195,9 @@ def train(
     from .trainer import JointTrainer
 
     _check_data(recipe)
+    if max_steps is not None:  # one end for the loop, the lr schedule and the saved recipe
+        trainer_cfg = recipe.model.trainer.model_copy(update={"max_steps": max_steps})
+        recipe = dataclasses.replace(recipe, model=recipe.model.model_copy(update={"trainer": trainer_cfg}))
     model = recipe.model
     cfg = model.trainer
     run_dir = Path(output_dir or cfg.output_dir)
@@ -212,7 +216,7 @@ def train(
     main = trainer.accelerator.is_main_process
     if main:
         recipe.save(run_dir)
-    total = cfg.max_steps if max_steps is None else max_steps
+    total = cfg.max_steps
     log_file = (run_dir / "log.jsonl").open("a") if main else None
     board = TrainingBoard(recipe, trainer, run_dir) if main and cfg.tensorboard else None
     bar = None

@@ -88,3 +88,15 @@ def test_evaluate_command_prints_means(run_dir, tmp_path, capsys):
     assert set(printed["mean"]) - set(BASELINES)  # the trained recipe beside the baselines
     for name, mean in printed["mean"].items():
         assert {"views.psnr", "views.ssim", "3d.psnr", "3d.ssim"} <= set(mean) and not any("lpips" in k for k in mean), name
+
+
+def test_max_steps_flag_is_the_end_of_the_lr_schedule(tmp_path):
+    """``--max-steps N`` ends the loop, the learning-rate schedule and the saved recipe at the
+    same step: a linear schedule over a recipe's 100 steps stopped at 3 would otherwise never
+    decay (resumed runs that extend a stage rely on this)."""
+    overrides = [*SMALL, "trainer.lr_schedule=linear", "trainer.max_steps=100", "trainer.lr=0.001"]
+    args = ["train", "--recipe", "tiny", "-o", str(tmp_path), "--max-steps", "3", "-q"]
+    assert main(args + [a for s in overrides for a in ("--set", s)]) == 0
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([0.001, 0.001 * 2 / 3, 0.001 / 3])
+    assert load_recipe(tmp_path / "recipe.yaml").model.trainer.max_steps == 3
