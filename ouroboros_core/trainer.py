@@ -559,6 +559,23 @@ class JointTrainer:
         keep = set(self.trainable_names) | buffers
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in keep}
 
+    def _gather_process_rng(self) -> dict[str, torch.Tensor]:
+        """Every process's noise generator and global torch RNG state, gathered (a collective).
+
+        Processes draw different noise (the noise generator is seeded by rank), so a resumed run
+        must give each process back its own state: ``noise``/``torch`` for process 0 (the
+        single-process keys) and ``noise.rank<R>``/``torch.rank<R>`` for the others.
+        """
+        local = {"noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()}
+        states: dict[str, torch.Tensor] = dict(local)
+        if self.accelerator.num_processes == 1:
+            return states
+        for key, state in local.items():
+            # NCCL gathers device tensors only; gloo takes either
+            gathered = self.accelerator.gather(state[None].to(self.device)).cpu()
+            states.update({f"{key}.rank{rank}": gathered[rank] for rank in range(1, len(gathered))})
+        return states
+
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
         """Write a resumable checkpoint folder (safetensors + JSON), atomically."""
         from safetensors.torch import save_file
@@ -567,12 +584,13 @@ class JointTrainer:
 
         path = Path(path)
         self.accelerator.wait_for_everyone()
+        process_rng = self._gather_process_rng()  # a collective: every process takes part
         if self.accelerator.is_main_process:
             with atomic_output_dir(path) as tmp:
                 save_file(_cpu(self._model_tensors()), str(tmp / "model.safetensors"))
                 opt_tensors, opt_meta = _flatten_optimizer(self.optimizer.state_dict())
                 save_file(_cpu(opt_tensors), str(tmp / "optimizer.safetensors"))
-                rng = {"coin": self.coin_rng.get_state(), "noise": self.noise_rng.get_state(), "torch": torch.get_rng_state()}
+                rng = {"coin": self.coin_rng.get_state(), **process_rng}
                 if torch.cuda.is_available():
                     rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
                 save_file(_cpu(rng), str(tmp / "rng.safetensors"))
@@ -633,8 +651,16 @@ class JointTrainer:
         self.optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
         rng = load_file(str(path / "rng.safetensors"))
         self.coin_rng.set_state(rng["coin"])
-        self.noise_rng.set_state(rng["noise"])
-        torch.set_rng_state(rng["torch"])
+        rank = self.accelerator.process_index
+        suffix = f".rank{rank}" if rank else ""
+        if f"noise{suffix}" in rng:
+            self.noise_rng.set_state(rng[f"noise{suffix}"])
+            torch.set_rng_state(rng[f"torch{suffix}"])
+        else:
+            logger.warning(
+                "%s holds no random state for process %d (it was written by fewer processes): "
+                "its noise continues from a fresh seed, so this run differs from an uninterrupted one", path, rank,
+            )
         cuda_states = [rng[k] for k in sorted((k for k in rng if k.startswith("cuda.")), key=lambda k: int(k[5:]))]
         if cuda_states and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(cuda_states)

@@ -6,7 +6,9 @@ SHA-256 of every trainable tensor after the step (bit identity across processes)
 file it opens for writing in the run folder to ``<probe>/writes<R>.txt``. With
 ``HANG_IN_CHECKPOINT=00000003`` in the environment it stops for good right after writing that
 checkpoint's model file (the optimizer, RNG and trainer files not yet written), after touching
-``<probe>/hanging<R>``, for a test to kill it there.
+``<probe>/hanging<R>``, for a test to kill it there; every process writes its id to
+``<probe>/pid<R>`` first (the launcher starts each rank in a session of its own, so a test
+kills them by id). ``RESUME=latest`` (or a checkpoint folder) resumes the run.
 
     python multiprocess_driver.py RECIPE RUN_DIR PROBE_DIR MAX_STEPS [KEY=VALUE ...]
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -27,6 +30,7 @@ def main() -> None:
 
     probe = Path(probe_dir)
     probe.mkdir(parents=True, exist_ok=True)
+    (probe / f"pid{os.environ.get('RANK', '0')}").write_text(str(os.getpid()))
     original = JointTrainer.train_step
 
     def train_step(self, batches):
@@ -50,7 +54,7 @@ def main() -> None:
 
     JointTrainer.train_step = train_step
     _record_writes(Path(run_dir), probe)
-    train(load_recipe(recipe_path, sets), run_dir, max_steps=int(max_steps), progress=False)
+    train(load_recipe(recipe_path, sets), run_dir, resume=os.environ.get("RESUME"), max_steps=int(max_steps), progress=False)
 
 
 def _record_writes(run_dir: Path, probe: Path) -> None:
@@ -58,7 +62,6 @@ def _record_writes(run_dir: Path, probe: Path) -> None:
     safetensors' ``save_file``, which writes from Rust) to ``<probe>/writes<R>.txt``."""
     import builtins
     import io
-    import os
 
     import safetensors.torch
 

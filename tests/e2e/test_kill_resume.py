@@ -1,6 +1,8 @@
 """kill -9 in the middle of writing a checkpoint: the previous checkpoint stays complete and
 loadable, `--resume latest` continues from it, and the resumed run ends bit-identical to an
-uninterrupted one (single process, explicit small recipe, EMA on, checkpoint mid-epoch)."""
+uninterrupted one (single process, explicit small recipe, EMA on, checkpoint mid-epoch); with two
+processes (accelerate's launcher, gloo) every process is killed and the resumed run repeats the
+interrupted step bit for bit on both."""
 
 from __future__ import annotations
 
@@ -31,6 +33,34 @@ def _driver(recipe: Path, run: Path, probe: Path, steps: int, **env: str) -> sub
     )
 
 
+def _launch(recipe: Path, run: Path, probe: Path, steps: int, **env: str) -> subprocess.Popen:
+    """The driver under ``accelerate launch`` with two CPU processes."""
+    launcher = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+    ]
+    return subprocess.Popen(
+        [*launcher, str(DRIVER), str(recipe), str(run), str(probe), str(steps), *SETS],
+        env=dict(os.environ, OMP_NUM_THREADS="1", **env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _wait_for(files: list[Path], process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + 240
+    while not all(f.exists() for f in files):
+        assert process.poll() is None, process.communicate()[1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+
+
+def _gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie nobody reaps counts as exited)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
 def _finish(process: subprocess.Popen) -> None:
     out, err = process.communicate(timeout=240)
     assert process.returncode == 0, err[-3000:]
@@ -43,11 +73,7 @@ def test_kill_9_while_checkpointing_then_resume_is_bit_identical(tmp_path):
 
     killed_run, probe = tmp_path / "killed", tmp_path / "killed-probe"
     process = _driver(recipe, killed_run, probe, 4, HANG_IN_CHECKPOINT="00000003")
-    deadline = time.monotonic() + 240
-    while not (probe / "hanging0").exists():
-        assert process.poll() is None, process.communicate()[1][-3000:]
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    _wait_for([probe / "hanging0"], process)
     os.kill(process.pid, signal.SIGKILL)
     process.communicate(timeout=60)
     assert process.returncode == -signal.SIGKILL
@@ -88,3 +114,48 @@ def test_kill_9_while_checkpointing_then_resume_is_bit_identical(tmp_path):
         a = load_file(str(tmp_path / "straight" / "checkpoints" / "step-00000004" / f"{name}.safetensors"))
         b = load_file(str(checkpoints / "step-00000004" / f"{name}.safetensors"))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_kill_9_of_both_processes_while_checkpointing_then_resume_repeats_the_step(tmp_path):
+    """Both ranks (and the launcher) are killed while rank 0 writes checkpoint 3 and rank 1 waits
+    for it; the run resumed with two processes from step 2 recomputes step 3 to the very weights
+    the killed run had reached, on both ranks: weights, optimizer state and each process's own
+    noise generator were restored (no uninterrupted run needed, which keeps the test short)."""
+    recipe = write_small_recipe(tmp_path)
+    run, probe = tmp_path / "run", tmp_path / "probe"
+    process = _launch(recipe, run, probe, 4, HANG_IN_CHECKPOINT="00000003")
+    _wait_for([probe / "hanging0", probe / "pid1"], process)
+    pids = [process.pid] + [int((probe / f"pid{rank}").read_text()) for rank in (0, 1)]
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    process.communicate(timeout=60)
+    deadline = time.monotonic() + 30
+    while not all(_gone(pid) for pid in pids[1:]):
+        assert time.monotonic() < deadline, "a rank survived kill -9"
+        time.sleep(0.1)
+
+    checkpoints = run / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith(".")) == ["step-00000001", "step-00000002"]
+    assert [p.name for p in checkpoints.iterdir() if p.name.startswith(".")][0].startswith(".step-00000003.tmp-")
+    previous = checkpoints / "step-00000002"
+    assert sorted(p.name for p in previous.iterdir()) == [
+        "ema.safetensors", "model.safetensors", "optimizer.safetensors", "rng.safetensors", "trainer.json"
+    ]
+    assert json.loads((previous / "trainer.json").read_text())["step"] == 2
+    assert not (run / "weights").exists()
+    before = [[json.loads(line) for line in (probe / f"rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)]
+    assert [line["step"] for line in before[0]] == [line["step"] for line in before[1]] == [1, 2, 3]
+
+    resumed_probe = tmp_path / "resumed-probe"
+    _finish(_launch(recipe, run, resumed_probe, 4, RESUME="latest"))
+    after = [[json.loads(line) for line in (resumed_probe / f"rank{rank}.jsonl").read_text().splitlines()] for rank in (0, 1)]
+    assert [line["step"] for line in after[0]] == [line["step"] for line in after[1]] == [3, 4]
+    for rank in (0, 1):  # step 3 again: the same samples, losses and resulting weights on each rank
+        assert after[rank][0] == before[rank][2], rank
+    assert after[0][1]["digest"] == after[1][1]["digest"] != after[0][0]["digest"]
+    log = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [line["step"] for line in log] == [1, 2, 3, 3, 4]
+    assert sorted(p.name for p in checkpoints.iterdir() if not p.name.startswith(".")) == [f"step-0000000{i}" for i in range(1, 5)]
+    assert sorted(p.name for p in (run / "weights").iterdir()) == [
+        "feedback-0.safetensors", "feedback-1.safetensors", "generator.safetensors", "reconstructor.safetensors"
+    ]
