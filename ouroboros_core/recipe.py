@@ -126,6 +126,10 @@ class DataConfig(_Section):
     split: Literal["train", "heldout"] = "train"
     #: DataLoader worker processes (0: load in the training process)
     num_workers: int = Field(0, ge=0)
+    #: official layout: a folder that keeps every view once decoded and resized (one file per
+    #: PNG and image_size, S*S*4 bytes, remade when its PNG changes), so later epochs and runs
+    #: skip PNG decoding; any recipe or run may share it. None: decode every time
+    cache_dir: str | None = None
 
 
 class TrainerConfig(_Section):

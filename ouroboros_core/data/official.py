@@ -16,6 +16,10 @@ canonicalise the poses relative to view 0: ``c2w_i <- S inv(c2w_0) c2w_i`` with
 ``S = [[1,0,0,0],[0,-1,0,0],[0,0,-1,d0],[0,0,0,1]]``, ``d0 = |centre of view 0|``, so view 0
 becomes rotation diag(1, -1, -1) at (0, 0, d0) (the official 8-view orbit's first camera).
 Images are resized (bicubic) and composited on the background; alpha is kept separately.
+
+Decoding PNGs dominates reading this layout, so with ``cache_dir`` (recipe:
+``trainer.data.cache_dir``; off by default) every view decoded and resized once is kept on disk
+(:class:`DecodedViewCache`) and read back, instead of decoded again, in later epochs and runs.
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ from ..errors import InputError, RecipeError
 from ..recipe import DataConfig
 
 log = logging.getLogger(__name__)
+
+#: the cached views' layout; change it whenever :func:`decode_rgba`'s output changes, so every
+#: existing cache entry counts as stale
+CACHE_FORMAT = "1"
 
 
 def view_indices(num_orbit_views: int, num_views: int) -> list[int]:
@@ -58,8 +66,9 @@ def canonicalize_poses(c2w: torch.Tensor) -> torch.Tensor:
     return S @ torch.linalg.inv(c2w[0]) @ c2w
 
 
-def load_rgba(path: Path, size: int, background: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """An image file as (rgb composited on ``background`` ``(3, S, S)``, alpha ``(1, S, S)``)."""
+def decode_rgba(path: Path, size: int) -> np.ndarray:
+    """An image file as RGBA ``uint8`` ``(S, S, 4)``, resized (bicubic) to ``size``: the costly
+    part of reading a view, and what :class:`DecodedViewCache` keeps."""
     from PIL import Image, UnidentifiedImageError
 
     try:
@@ -67,19 +76,102 @@ def load_rgba(path: Path, size: int, background: float) -> tuple[torch.Tensor, t
             img = img.convert("RGBA")
             if img.size != (size, size):
                 img = img.resize((size, size), Image.BICUBIC)
-            arr = np.asarray(img, dtype=np.float32) / 255.0
+            return np.array(img, dtype=np.uint8)
     except (OSError, UnidentifiedImageError) as err:
-        raise InputError(f"cannot read the image: {err}", where=str(path), hint="re-render or remove this object from the ids file") from err
-    t = torch.from_numpy(arr.copy()).permute(2, 0, 1)
+        raise _unreadable(path, err) from err
+
+
+def _unreadable(path: Path, err: Exception) -> InputError:
+    return InputError(f"cannot read the image: {err}", where=str(path), hint="re-render or remove this object from the ids file")
+
+
+def composite(rgba: np.ndarray, background: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RGBA ``uint8`` ``(S, S, 4)`` as (rgb composited on ``background`` ``(3, S, S)``, alpha
+    ``(1, S, S)``), floats in [0, 1]."""
+    t = torch.from_numpy(rgba.astype(np.float32) / 255.0).permute(2, 0, 1)
     rgb, alpha = t[:3], t[3:]
     return rgb * alpha + background * (1 - alpha), alpha
+
+
+class DecodedViewCache:
+    """Decoded views on disk: one safetensors file per source image and size.
+
+    ``<folder>/<object id>/<frame name>.<S>px.safetensors`` holds the RGBA ``uint8`` ``(S, S, 4)``
+    that :func:`decode_rgba` gives, and in its metadata the key it was made from: the source's
+    absolute path, modification time (ns) and size in bytes, and :data:`CACHE_FORMAT`. An entry
+    whose key no longer matches (the source was re-rendered) or that cannot be read (truncated,
+    garbage) is decoded again and replaced; entries are written atomically (a hidden temporary
+    file renamed into place), so loader workers, processes and concurrent runs may share a
+    folder. A folder that cannot be written is reported once per process and reading goes on
+    uncached. Entries are never deleted here (other sizes, other datasets may still use them):
+    removing the folder is always safe.
+    """
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self._write_failed = False
+
+    def entry(self, object_id: str, name: str, size: int) -> Path:
+        """Where the view ``name`` of ``object_id`` at ``size`` pixels is kept."""
+        return self.folder / object_id / f"{name}.{size}px.safetensors"
+
+    def load(self, source: Path, entry: Path, size: int) -> np.ndarray:
+        """The decoded view of ``source`` at ``size``, from ``entry`` when it is current."""
+        try:
+            stat = source.stat()
+        except OSError as err:
+            raise _unreadable(source, err) from err
+        key = {
+            "format": CACHE_FORMAT, "source": str(source.resolve()), "mtime_ns": str(stat.st_mtime_ns),
+            "bytes": str(stat.st_size), "size": str(size),
+        }
+        cached = self._read(entry, key, size)
+        if cached is not None:
+            return cached
+        rgba = decode_rgba(source, size)
+        self._write(entry, rgba, key)
+        return rgba
+
+    @staticmethod
+    def _read(entry: Path, key: dict[str, str], size: int) -> np.ndarray | None:
+        from safetensors import SafetensorError, safe_open
+
+        if not entry.is_file():
+            return None
+        try:
+            with safe_open(str(entry), framework="np") as f:
+                if f.metadata() != key:
+                    log.debug("cache entry is stale, decoding again: %s", entry)
+                    return None
+                rgba = f.get_tensor("rgba")
+        except (SafetensorError, OSError, KeyError) as err:
+            log.warning("cache entry cannot be read, decoding again: %s (%s)", entry, err)
+            return None
+        if rgba.shape != (size, size, 4) or rgba.dtype != np.uint8:
+            log.warning("cache entry holds %s %s, decoding again: %s", rgba.dtype, rgba.shape, entry)
+            return None
+        return rgba
+
+    def _write(self, entry: Path, rgba: np.ndarray, key: dict[str, str]) -> None:
+        from safetensors.numpy import save_file
+
+        from ..io.atomic import atomic_write
+
+        try:
+            with atomic_write(entry) as tmp:
+                save_file({"rgba": rgba}, str(tmp), metadata=key)
+        except OSError as err:
+            if not self._write_failed:
+                log.warning("cannot write the decoded-view cache, reading uncached: %s", err)
+            self._write_failed = True
 
 
 class OfficialMultiViewDataset(Dataset):
     """Objects rendered in the official layout; items as in :mod:`ouroboros_core.data`.
 
     The start view is drawn from a generator seeded by (``seed``, epoch, index), so the data of
-    an epoch is reproducible (``set_epoch`` is called by the trainer).
+    an epoch is reproducible (``set_epoch`` is called by the trainer). ``cache_dir``: keep
+    decoded views there (:class:`DecodedViewCache`); ``None`` decodes every time.
     """
 
     def __init__(
@@ -93,6 +185,7 @@ class OfficialMultiViewDataset(Dataset):
         num_objects: int | None = None,
         seed: int = 0,
         background: float = 1.0,
+        cache_dir: str | Path | None = None,
     ):
         self.root = Path(root)
         if not self.root.is_dir():
@@ -115,6 +208,7 @@ class OfficialMultiViewDataset(Dataset):
         self.random_start_view = random_start_view
         self.seed = seed
         self.background = background
+        self.cache = DecodedViewCache(cache_dir) if cache_dir is not None else None
         self.epoch = 0
         #: ids of objects found broken (per process: each loader worker keeps its own)
         self.skipped: set[str] = set()
@@ -125,7 +219,7 @@ class OfficialMultiViewDataset(Dataset):
             raise RecipeError("trainer.data.root is not set", hint="set it to the folder that holds <id>/meta.json")
         return cls(
             config.root, config.ids_file, config.num_views, config.image_size, config.orbit_views,
-            config.random_start_view, config.num_objects, seed,
+            config.random_start_view, config.num_objects, seed, cache_dir=config.cache_dir,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -183,7 +277,13 @@ class OfficialMultiViewDataset(Dataset):
 
         images, alphas, c2w_gl = [], [], []
         for loc in chosen:
-            rgb, alpha = load_rgba(self.root / object_id / loc["frames"][0]["name"], self.image_size, self.background)
+            name = loc["frames"][0]["name"]
+            source = self.root / object_id / name
+            if self.cache is None:
+                rgba = decode_rgba(source, self.image_size)
+            else:
+                rgba = self.cache.load(source, self.cache.entry(object_id, name, self.image_size), self.image_size)
+            rgb, alpha = composite(rgba, self.background)
             images.append(rgb)
             alphas.append(alpha)
             c2w_gl.append(torch.tensor(loc["transform_matrix"], dtype=torch.float64))
