@@ -218,7 +218,9 @@ def _output_folders(images: Sequence[str], out_dir: Path) -> list[Path]:
     return folders
 
 
-def _check_input_paths(images: Sequence[str]) -> None:
+def check_input_paths(images: Sequence[str]) -> None:
+    """Each input is an existing file (not a folder): the first check of ``generate`` and of
+    the web app, so both report the same one line."""
     from .errors import InputError
 
     for image in images:
@@ -229,6 +231,30 @@ def _check_input_paths(images: Sequence[str]) -> None:
             raise InputError("input image not found", where=image, hint="check the path")
 
 
+def generate_overrides(
+    overrides: Sequence[str] = (),
+    steps: int | None = None,
+    seed: int | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    mesh: bool = False,
+) -> list[str]:
+    """``generate``'s options as recipe overrides, after the ``--set`` ones and in this order:
+    the web app builds its recipe with the same list, so its ``recipe.yaml`` is the same file."""
+    result = list(overrides)
+    if steps is not None:
+        result.append(f"sampler.steps={steps}")
+    if seed is not None:
+        result.append(f"seed={seed}")
+    if device is not None:
+        result.append(f"device={device}")
+    if dtype is not None:
+        result.append(f"dtype={dtype}")
+    if mesh:
+        result.append("output.mesh=true")
+    return result
+
+
 def _generate(args: argparse.Namespace) -> int:
     from .io.atomic import check_result_dir
     from .pipeline import RESULT_FILES, ImageTo3DPipeline, preprocess_for_recipe
@@ -236,18 +262,8 @@ def _generate(args: argparse.Namespace) -> int:
 
     # everything that can be checked is checked before any model loads: the recipe, every
     # input image, every output folder; a full-size model takes long to load
-    _check_input_paths(args.images)
-    overrides = list(args.overrides)
-    if args.steps is not None:
-        overrides.append(f"sampler.steps={args.steps}")
-    if args.seed is not None:
-        overrides.append(f"seed={args.seed}")
-    if args.device is not None:
-        overrides.append(f"device={args.device}")
-    if args.dtype is not None:
-        overrides.append(f"dtype={args.dtype}")
-    if args.mesh:
-        overrides.append("output.mesh=true")
+    check_input_paths(args.images)
+    overrides = generate_overrides(args.overrides, args.steps, args.seed, args.device, args.dtype, args.mesh)
     recipe = load_recipe(args.recipe, overrides)
     if recipe.model.output.mesh:
         from .mesh_from_gaussians import require_mesh_libraries
@@ -464,6 +480,22 @@ def _add_mesh(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(func=_mesh)
 
 
+# ---------------------------------------------------------------------- app
+def _app(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    serve(args.recipe, args.host, args.port, args.share)
+    return 0
+
+
+def _add_app(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--recipe", default="tiny", help="recipe selected when the page opens (default: tiny; the page lists every shipped one)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
+    parser.add_argument("--share", action="store_true", help="also open a public gradio.live link (off by default; needs internet)")
+    parser.set_defaults(func=_app)
+
+
 COMMANDS: list[tuple[str, str, AddArguments]] = [
     ("generate", "turn images into multi-view images, a 3D model and a turntable video", _add_generate),
     ("train", "train a recipe's components jointly (self-conditioned feedback)", _add_train),
@@ -473,6 +505,7 @@ COMMANDS: list[tuple[str, str, AddArguments]] = [
     ("weights", "inspect and convert checkpoints", _add_weights),
     ("data", "make training and evaluation data", _add_data),
     ("mesh", "turn 3D Gaussians (.ply) into a vertex-coloured mesh (.glb) by TSDF fusion of rendered views", _add_mesh),
+    ("app", "serve a web page (Gradio) that runs generate on an uploaded image and shows the views, video and 3D", _add_app),
 ]
 
 
