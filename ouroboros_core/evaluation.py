@@ -14,7 +14,11 @@ Protocol (what ``ouroboros3d evaluate`` measures), per object of the recipe's ``
 
 Trivial baselines are scored on the same objects beside every variant, so a number can be
 read: ``white`` (every view is blank) and ``copy-input`` (the input view copied into every
-view, and served as its own "3D").
+view, and served as its own "3D"). One reference row bounds the 3D from above:
+``oracle-views``, the reconstructor given the *true* input views (clean, as in its training
+on clean views), so only its 3D columns are filled. When the 3D of a variant is far below the
+oracle, the generator's views are what limits it; when the oracle itself is low, the
+reconstructor is.
 
 ``compare`` variants run the same weights with different sampler settings:
 ``none`` (two-stage: generate, then reconstruct once), ``resample`` (x0 blended with its
@@ -48,6 +52,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "joint": {"mode": "joint", "feedback_maps": None},
 }
 BASELINES = ("white", "copy-input")
+#: the reconstructor on the ground-truth input views: the best 3D these weights can give
+ORACLE = "oracle-views"
 #: what each table column shows, in order: (result key, header, higher is better)
 COLUMNS = (
     ("views.psnr", "views PSNR", True),
@@ -125,12 +131,12 @@ def evaluate(
     if variants:
         base = recipe.model.sampler
         samplers = {
-            name: RecursiveSampler(pipe.generator, pipe.reconstructor, pipe.encoders, base.model_copy(update=VARIANTS[name]), recipe.model.maps)
+            name: RecursiveSampler(pipe.generator, pipe.reconstructor, pipe.encoders, base.model_copy(update=VARIANTS[name]), recipe.model.maps, pipe.sampler.autocast)
             for name in variants
         }
     dataset = _dataset(recipe, random_start_view=False)
     count = len(dataset) if limit is None else min(limit, len(dataset))
-    methods: dict[str, list[dict[str, Any]]] = {name: [] for name in [*BASELINES, *samplers]}
+    methods: dict[str, list[dict[str, Any]]] = {name: [] for name in [*BASELINES, ORACLE, *samplers]}
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -148,6 +154,12 @@ def evaluate(
                 scores = _object_scores(pred, pred, gt, lpips_net, lpips_random_trunk)
                 methods[name].append({"id": object_id, **{k: v for k, v in scores.items() if k.split(".")[0] not in ("gap", "consistency")}})
             size = gt.shape[-1]
+            idx = pipe.reconstructor.input_views
+            oracle = pipe.reconstructor.reconstruct(
+                (gt if idx is None else gt[:, idx]).to(pipe.dtype), cams.select_views(idx), None
+            )
+            oracle_renders = oracle.render(cams, size, size, background=1.0).rgb.float().clamp(0, 1)
+            methods[ORACLE].append({"id": object_id, **_scores(oracle_renders, gt, "3d", lpips_net, lpips_random_trunk)})
             for name, sampler in samplers.items():
                 rng = torch.Generator(device=pipe.device).manual_seed(recipe.model.seed + index)
                 out = sampler(gt[:, 0].to(pipe.dtype), cams, generator=rng)
@@ -184,7 +196,7 @@ def markdown_table(result: dict[str, Any]) -> str:
     columns = [(k, h) for k, h, _ in COLUMNS if any(k in m["mean"] for m in result["methods"].values())]
     lines = ["| method | " + " | ".join(h for _, h in columns) + " |", "|---|" + "---:|" * len(columns)]
     for name, method in result["methods"].items():
-        label = f"*{name}* (baseline)" if name in BASELINES else name
+        label = f"*{name}* (baseline)" if name in BASELINES else f"*{name}* (3D ceiling)" if name == ORACLE else name
         mean = method["mean"]
         cells = ["—" if k not in mean else f"{mean[k]:.3f}" if "ssim" in k or "lpips" in k else f"{mean[k]:.2f}" for k, _ in columns]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
@@ -202,11 +214,13 @@ def bar_chart(result: dict[str, Any], path: Path) -> Path:
     means = [result["methods"][n]["mean"] for n in names]
     x = range(len(names))
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2, 3.6), dpi=120)
-    ax.bar([i - 0.2 for i in x], [m["views.psnr"] for m in means], 0.4, label="views vs GT", color="#4c78a8")
+    views = [m.get("views.psnr", math.nan) for m in means]  # the oracle has no views of its own
+    ax.bar([i - 0.2 for i in x], views, 0.4, label="views vs GT", color="#4c78a8")
     ax.bar([i + 0.2 for i in x], [m["3d.psnr"] for m in means], 0.4, label="3D renders vs GT", color="#f58518")
-    ax.set_xticks(list(x), [f"{n}\n(baseline)" if n in BASELINES else n for n in names], fontsize=8)
+    tags = {**{n: "\n(baseline)" for n in BASELINES}, ORACLE: "\n(3D ceiling)"}
+    ax.set_xticks(list(x), [n + tags.get(n, "") for n in names], fontsize=8)
     ax.set_ylabel("PSNR (dB)")
-    low = min(min(m["views.psnr"], m["3d.psnr"]) for m in means)
+    low = min(v for m in means for v in (m.get("views.psnr", math.inf), m["3d.psnr"]))
     ax.set_ylim(max(0.0, low - 2.0), None)
     ax.set_title(f"{result['recipe']}: {result['objects']} held-out objects, {result['steps']} steps", fontsize=9)
     ax.legend(fontsize=8)

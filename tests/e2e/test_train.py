@@ -12,7 +12,9 @@ from ouroboros_core.cli import main
 from ouroboros_core.errors import RecipeError
 from ouroboros_core.pipeline import ImageTo3DPipeline
 from ouroboros_core.recipe import load_recipe
-from ouroboros_core.evaluation import BASELINES, evaluate
+from ouroboros_core.evaluation import BASELINES, ORACLE, evaluate, pooled_psnr
+from ouroboros_core.data import collate_multiview
+from ouroboros_core.runs import _dataset
 from ouroboros_core.runs import train
 
 SMALL = ["trainer.batch_size=1", "trainer.data.num_objects=2", "trainer.checkpoint_every=1", "sampler.steps=2"]
@@ -67,11 +69,12 @@ def test_evaluate_scores_views_and_renders(tmp_path):
     recipe = load_recipe("tiny", SMALL)
     result = evaluate(recipe, limit=1, output=tmp_path / "metrics.json", lpips_net="alex", lpips_random_trunk=True)
     assert result["objects"] == 1
-    assert set(result["methods"]) == {recipe.name, *BASELINES}
+    assert set(result["methods"]) == {recipe.name, ORACLE, *BASELINES}
     metrics = {f"{a}.{m}" for a in ("views", "3d") for m in ("psnr", "ssim", "lpips")}
     assert set(result["methods"][recipe.name]["mean"]) == metrics | {"gap.psnr", "consistency.psnr"}
     for name in BASELINES:  # a baseline is its own "3D": no gap or consistency to report
         assert set(result["methods"][name]["mean"]) == metrics
+    assert set(result["methods"][ORACLE]["mean"]) == {f"3d.{m}" for m in ("psnr", "ssim", "lpips")}
     mean = result["methods"][recipe.name]["mean"]
     assert 0 < mean["3d.psnr"] < 60 and 0 <= mean["views.lpips"]
     assert "RANDOM trunk" in result["lpips"]
@@ -87,7 +90,23 @@ def test_evaluate_command_prints_means(run_dir, tmp_path, capsys):
     assert printed["mean"] == {name: method["mean"] for name, method in saved["methods"].items()}
     assert set(printed["mean"]) - set(BASELINES)  # the trained recipe beside the baselines
     for name, mean in printed["mean"].items():
-        assert {"views.psnr", "views.ssim", "3d.psnr", "3d.ssim"} <= set(mean) and not any("lpips" in k for k in mean), name
+        shown = {"3d.psnr", "3d.ssim"} if name == ORACLE else {"views.psnr", "views.ssim", "3d.psnr", "3d.ssim"}
+        assert shown <= set(mean) and not any("lpips" in k for k in mean), name
+
+
+def test_oracle_row_is_the_reconstruction_of_the_true_input_views():
+    """The ``oracle-views`` 3D PSNR is what the reconstructor makes of the ground-truth input
+    views, recomputed here by hand from the same dataset item."""
+    recipe = load_recipe("tiny", SMALL)
+    result = evaluate(recipe, limit=1, lpips_net=None)
+    pipe = ImageTo3DPipeline.from_recipe(recipe)
+    item = collate_multiview([_dataset(recipe, random_start_view=False)[0]])
+    gt, cams = item["images"].float(), item["cameras"]
+    idx = pipe.reconstructor.input_views
+    with torch.no_grad():
+        rep = pipe.reconstructor.reconstruct(gt[:, idx], cams.select_views(idx), None)
+        renders = rep.render(cams, gt.shape[-1], gt.shape[-1], background=1.0).rgb.float().clamp(0, 1)
+    assert result["methods"][ORACLE]["mean"]["3d.psnr"] == pytest.approx(pooled_psnr(renders, gt), abs=1e-4)
 
 
 def test_max_steps_flag_is_the_end_of_the_lr_schedule(tmp_path):
