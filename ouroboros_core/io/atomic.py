@@ -75,18 +75,25 @@ def _nearest_existing(path: Path) -> Path:
 
 
 def _check_writable(folder: Path, final: Path) -> None:
-    if not os.access(folder, os.W_OK | os.X_OK):
+    """Raise a :class:`UserError` unless a folder can be made in ``folder``, found by making one
+    (hidden, removed at once): permission bits do not tell, since root ignores them while
+    read-only mounts and /proc refuse root too."""
+    probe = folder / f".write-test-{secrets.token_hex(4)}"
+    try:
+        os.mkdir(probe)
+    except OSError as err:
         raise UserError(
             f"cannot write into folder {folder}" + ("" if folder == final else f" (to create {final})"),
             where=str(final),
             hint="choose an output folder you can write to (-o), or fix its permissions",
-        )
+        ) from err
+    os.rmdir(probe)
 
 
 def check_result_dir(final: str | os.PathLike, overwrite: bool = False, owned: Sequence[str] = ()) -> None:
     """Raise a :class:`UserError` unless :func:`atomic_result_dir` can write ``final``.
 
-    Checks, without creating anything, that ``final`` and every existing ancestor are folders
+    Checks, leaving nothing behind, that ``final`` and every existing ancestor are folders
     (not files), that the folder where writing starts is writable, and that an existing
     ``final`` is empty unless ``overwrite``; the message names the files there that do not
     match ``owned``. Callers run it before any expensive work.

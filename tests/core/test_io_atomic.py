@@ -155,7 +155,7 @@ def test_result_dir_under_a_file_is_refused_before_anything_is_written(tmp_path,
     assert blocker.read_text() == "x" and [p.name for p in tmp_path.iterdir()] == ["somefile"]
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores permission bits (the /proc test below runs as root)")
 def test_result_dir_in_an_unwritable_folder_is_refused(tmp_path):
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -165,3 +165,19 @@ def test_result_dir_in_an_unwritable_folder_is_refused(tmp_path):
             check_result_dir(locked / "out" / "shapes")
     finally:
         locked.chmod(0o700)
+
+
+def test_result_dir_where_even_root_cannot_write_is_refused():
+    """/proc takes no new folders from anyone, root included (os.access says root may write
+    there): the check tries for real, and leaves nothing behind."""
+    with pytest.raises(UserError, match="cannot write into folder /proc ") as err:
+        check_result_dir("/proc/ouroboros3d-out/shapes")
+    assert err.value.where == "/proc/ouroboros3d-out/shapes"
+
+
+def test_the_writability_check_leaves_nothing_behind(tmp_path):
+    final = tmp_path / "out"
+    final.mkdir()
+    check_result_dir(tmp_path / "new" / "shapes")
+    check_result_dir(final)
+    assert [p.name for p in tmp_path.iterdir()] == ["out"] and list(final.iterdir()) == []

@@ -224,6 +224,16 @@ def test_cli_output_under_a_file_fails_before_models_load(tmp_path, capsys, no_m
     assert (tmp_path / "somefile").read_text() == "not a folder"
 
 
+def test_cli_output_where_nobody_can_write_fails_before_models_load(tmp_path, capsys, no_model_loading):
+    """Under /proc no one can make a folder, root included (a chmod-ed folder stops only
+    other users), so this runs as root too."""
+    image = tmp_path / "shapes.png"
+    Image.fromarray(object_rgba()).save(image)
+    assert main(["generate", str(image), "-o", "/proc/ouroboros3d-out"] + FAST_ARGS) == 2
+    errors = _error_lines(capsys)
+    assert len(errors) == 1 and "cannot write into folder /proc " in errors[0]
+
+
 def test_cli_bad_inputs_fail_before_models_load(tmp_path, capsys, no_model_loading):
     good = tmp_path / "good.png"
     Image.fromarray(object_rgba()).save(good)
