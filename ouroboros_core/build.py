@@ -125,7 +125,8 @@ def build_components(
     """Build every component of ``recipe`` and load the weights its entries name.
 
     Entries without ``weights`` keep their (seeded) random initialisation, which is logged
-    and recorded in ``infos``. ``device``/``dtype`` default to the recipe's.
+    and recorded in ``infos``. ``device``/``dtype`` default to the recipe's (fp32 weights
+    under ``autocast``).
     """
     if registry is None:
         from .registry import get_registry
@@ -133,7 +134,7 @@ def build_components(
         registry = get_registry()
     model = recipe.model
     device = device or resolve_device(model.device)
-    dtype = dtype or DTYPES[model.dtype]
+    dtype = dtype or DTYPES[model.weights_dtype]
     # every weights source is checked before anything is built: building a full-size model
     # takes long, and an offline user should learn at once everything there is to download
     from .weights import missing_weights_error, nonfinite_error, nonfinite_tensors

@@ -25,6 +25,7 @@ import torch
 
 # the official Ouroboros3D 8-view orbit (hyper/c2w.npy), re-exported from its torch-free home
 from .official_orbit import OFFICIAL_AZIMUTHS, OFFICIAL_FOV_DEG, OFFICIAL_RADIUS
+from .precision import no_autocast
 
 _FLIP_YZ = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0]))
 
@@ -212,16 +213,19 @@ def pixel_grid(height: int, width: int, device=None, dtype=torch.float32) -> tup
 
 
 def camera_rays(cameras: Cameras, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Ray origins and unit directions in world space, each ``(B, V, H, W, 3)``."""
+    """Ray origins and unit directions in world space, each ``(B, V, H, W, 3)``, in the
+    cameras' dtype even under a caller's autocast (a model reading them may run in half
+    precision; the geometry does not)."""
     K = cameras.intrinsics
-    u, v = pixel_grid(height, width, cameras.device, K.dtype)
-    fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
-    cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
-    d_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like((u - cx) / fx)], -1)  # (B,V,H,W,3)
-    R = cameras.c2w[..., :3, :3]
-    d = torch.einsum("bvij,bvhwj->bvhwi", R, d_cam)
-    d = torch.nn.functional.normalize(d, dim=-1)
-    o = cameras.centers[:, :, None, None, :].expand_as(d)
+    with no_autocast(cameras.device):
+        u, v = pixel_grid(height, width, cameras.device, K.dtype)
+        fx, fy = K[..., 0, 0, None, None], K[..., 1, 1, None, None]
+        cx, cy = K[..., 0, 2, None, None], K[..., 1, 2, None, None]
+        d_cam = torch.stack([(u - cx) / fx, (v - cy) / fy, torch.ones_like((u - cx) / fx)], -1)  # (B,V,H,W,3)
+        R = cameras.c2w[..., :3, :3]
+        d = torch.einsum("bvij,bvhwj->bvhwi", R, d_cam)
+        d = torch.nn.functional.normalize(d, dim=-1)
+        o = cameras.centers[:, :, None, None, :].expand_as(d)
     return o, d
 
 

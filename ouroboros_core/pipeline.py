@@ -94,7 +94,10 @@ class ImageTo3DPipeline:
         self.device = device
         self.dtype = dtype
         self.components = components
-        self.sampler = RecursiveSampler(generator, reconstructor, self.encoders, recipe.model.sampler, recipe.model.maps)
+        autocast = recipe.model.autocast_dtype
+        self.sampler = RecursiveSampler(
+            generator, reconstructor, self.encoders, recipe.model.sampler, recipe.model.maps, DTYPES[autocast] if autocast else None
+        )
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -124,7 +127,7 @@ class ImageTo3DPipeline:
         for module in (parts.generator, parts.reconstructor, *parts.encoders):
             module.eval()
         model = recipe.model
-        pipe = cls(recipe, parts.generator, parts.reconstructor, parts.encoders, resolve_device(model.device), DTYPES[model.dtype], parts.infos)
+        pipe = cls(recipe, parts.generator, parts.reconstructor, parts.encoders, resolve_device(model.device), DTYPES[model.weights_dtype], parts.infos)
         if model.compile:
             pipe.compile()
         return pipe
@@ -219,6 +222,7 @@ class ImageTo3DPipeline:
             "seed": seed,
             "device": str(self.device),
             "dtype": self.recipe.model.dtype,
+            "autocast": self.recipe.model.autocast_dtype is not None,
             "input": {"source": pre.source, "mask_source": pre.mask_source, "notes": pre.notes},
             "num_reconstructions": num_reconstructions,
             "timings_s": timings,

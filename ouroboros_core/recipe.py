@@ -251,10 +251,27 @@ class RecipeModel(_Section):
     seed: int = 42
     device: str = "auto"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
+    #: how a half ``dtype`` is applied at inference. true: the weights stay fp32 and the models
+    #: of the sampling loop run under torch.autocast(dtype), the conditioning (CLIP, VAE
+    #: encoder) and the rendering in fp32 (the official script: fp16 autocast over fp32
+    #: weights); false: every module is cast to ``dtype`` (a generator may keep parts in fp32,
+    #: e.g. SVD's VAE encoder when its ``force_upcast`` says so). No effect with fp32; training
+    #: has its own ``trainer.mixed_precision``
+    autocast: bool = False
     #: torch.compile the components (slow first call; see the README's speed section)
     compile: bool = False
     #: scaled-dot-product attention backend: "sdpa" lets PyTorch choose
     attention_backend: Literal["sdpa", "math", "flash", "efficient", "cudnn"] = "sdpa"
+
+    @property
+    def weights_dtype(self) -> str:
+        """The dtype the components are built and loaded in: fp32 under ``autocast``."""
+        return "fp32" if self.autocast else self.dtype
+
+    @property
+    def autocast_dtype(self) -> str | None:
+        """The dtype of the sampling loop's torch.autocast, or None when nothing autocasts."""
+        return self.dtype if self.autocast and self.dtype != "fp32" else None
 
 
 # ====================================================================== loading and validation

@@ -19,10 +19,15 @@ Feedback is due when the mode is not "none", ``i % feedback_every == 0`` and sig
 ``feedback_sigma_range``; otherwise the previous maps (and their features) are kept, or with
 ``skipped_steps: zero`` replaced by the step-0 zero maps (the official ``recon_every_n_steps``).
 With ``final_reconstruction: last_step`` the last step always reconstructs.
+
+Precision: with an ``autocast`` dtype the models of the loop run under ``torch.autocast``
+while the conditioning and the rendering stay in fp32, as in the official script (see
+:data:`AUTOCAST_STAGES`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -93,12 +98,29 @@ class ProgressBar:
             self.bar.close()
 
 
-class _Timer:
-    """Accumulates wall time per stage; synchronises CUDA so GPU work is attributed correctly."""
+#: stages that run under torch.autocast when the sampler has an ``autocast`` dtype: the
+#: models of the loop. "prepare" (the conditioning: the official script encodes it before
+#: entering autocast) and "render" (rasterising and the feedback maps: the official renderer
+#: forces fp32) stay in full precision.
+AUTOCAST_STAGES = ("denoise", "decode", "reconstruct", "encode")
 
-    def __init__(self, device: torch.device):
+
+class _Stages:
+    """Enters one stage of the loop: accumulates its wall time (synchronising CUDA so GPU work
+    is attributed correctly) and sets its precision (autocast on or off, see
+    :data:`AUTOCAST_STAGES`)."""
+
+    def __init__(self, device: torch.device, autocast: torch.dtype | None):
         self.sync = device.type == "cuda"
+        self.device_type = device.type
+        self.autocast = autocast
         self.totals = {stage: 0.0 for stage in STAGES}
+
+    def _precision(self, stage: str) -> contextlib.AbstractContextManager:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        # explicitly off outside the autocast stages, so a caller's own autocast cannot leak in
+        return torch.autocast(self.device_type, dtype=self.autocast, enabled=stage in AUTOCAST_STAGES)
 
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
@@ -106,7 +128,8 @@ class _Timer:
             torch.cuda.synchronize()
         start = time.perf_counter()
         try:
-            yield
+            with self._precision(stage):
+                yield
         finally:
             if self.sync:
                 torch.cuda.synchronize()
@@ -123,12 +146,17 @@ class RecursiveSampler:
         encoders: Sequence[FeedbackEncoder],
         sampler_config: SamplerConfig,
         maps_config: MapsConfig,
+        autocast: torch.dtype | None = None,
     ):
+        """``autocast`` (fp16 or bf16): run the :data:`AUTOCAST_STAGES` under
+        ``torch.autocast`` on the components' device (the recipe's ``autocast: true``, whose
+        components keep fp32 weights); ``None`` computes in the components' own dtypes."""
         self.generator = generator
         self.reconstructor = reconstructor
         self.encoders = list(encoders)
         self.config = sampler_config
         self.maps_config = maps_config
+        self.autocast = autocast
         # each map kind once, in the order the encoders ask for them
         self.map_kinds = list(dict.fromkeys(e.map_kind for e in self.encoders))
         unknown = sorted(set(sampler_config.feedback_maps or ()) - set(self.map_kinds))
@@ -162,17 +190,17 @@ class RecursiveSampler:
     def _input_view_indices(self) -> list[int] | None:
         return self.reconstructor.input_views
 
-    def _views_for_reconstruction(self, latents: torch.Tensor, timer: _Timer) -> torch.Tensor:
+    def _views_for_reconstruction(self, latents: torch.Tensor, stage: _Stages) -> torch.Tensor:
         """Decoded views the reconstructor reads, ``(B, V_in, 3, H, W)`` (not clamped)."""
         idx = self._input_view_indices()
-        with timer("decode"):
+        with stage("decode"):
             if idx is not None and self.config.decode_only_input_views:
                 return self.generator.decode(latents[:, idx])
             views = self.generator.decode(latents)
         return views if idx is None else views[:, idx]
 
-    def _reconstruct(self, views: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | None, timer: _Timer, index: int) -> Representation:
-        with timer("reconstruct"):
+    def _reconstruct(self, views: torch.Tensor, cameras: Cameras, sigma: torch.Tensor | None, stage: _Stages, index: int) -> Representation:
+        with stage("reconstruct"):
             rep = self.reconstructor.reconstruct(views, cameras.select_views(self._input_view_indices()), sigma)
         data = rep.tensors()
         finite = torch.stack([torch.isfinite(t).all() for t in data.values()]).tolist() if data else []  # one sync
@@ -211,12 +239,12 @@ class RecursiveSampler:
         callbacks = list(callbacks)
         param = next(gen.parameters(), None)
         device = param.device if param is not None else image.device
-        timer = _Timer(device)
+        stage = _Stages(device, self.autocast)
         start = time.perf_counter()
 
         B = image.shape[0]
         cameras = cameras.repeat(B).to(device)
-        with timer("prepare"):
+        with stage("prepare"):
             ctx = gen.prepare(image.to(device), cameras, generator=generator)
         x = gen.initial_noise(ctx, generator) * initial_noise_scale(cfg.sigma_max, gen.sigma_data, cfg.init_noise)
         sigmas = self.sigmas()  # float64 on the CPU: exact values for the schedule logic
@@ -232,10 +260,10 @@ class RecursiveSampler:
             s, s_next = float(sigmas[i]), float(sigmas[i + 1])
             sigma_b = torch.full((B,), s, device=device, dtype=x.dtype)
             if self.encoders and maps_changed:  # features only change with the maps
-                with timer("encode"):
+                with stage("encode"):
                     feats = self.features(maps)
                 maps_changed = False
-            with timer("denoise"):
+            with stage("denoise"):
                 x0 = gen.denoise(x, sigma_b, ctx, feats)
             self._check_finite(x0, "x0 prediction", i, s)
 
@@ -246,15 +274,15 @@ class RecursiveSampler:
                     maps_changed = True
             last_step_recon = not due and cfg.mode != "none" and cfg.final_reconstruction == "last_step" and i == cfg.steps - 1
             if last_step_recon:  # the reconstruction of the last step's x0 is the result
-                views = self._views_for_reconstruction(x0, timer)
-                representation = self._reconstruct(views, cameras, sigma_b, timer, i)
+                views = self._views_for_reconstruction(x0, stage)
+                representation = self._reconstruct(views, cameras, sigma_b, stage, i)
                 num_recon += 1
             if due:
-                views = self._views_for_reconstruction(x0, timer)
-                representation = self._reconstruct(views, cameras, sigma_b, timer, i)
+                views = self._views_for_reconstruction(x0, stage)
+                representation = self._reconstruct(views, cameras, sigma_b, stage, i)
                 num_recon += 1
                 if self.map_kinds or cfg.mode == "resample":  # nothing reads the renders otherwise
-                    with timer("render"):
+                    with stage("render"):
                         out = representation.render(cameras, size, size, background=self.maps_config.rgb_background)
                         if self.map_kinds:
                             maps = feedback_maps(out, cameras, self.map_kinds, self.maps_config)
@@ -262,11 +290,11 @@ class RecursiveSampler:
                                 maps = {k: m if k in cfg.feedback_maps else torch.zeros_like(m) for k, m in maps.items()}
                             maps_changed = True
                 if cfg.mode == "resample":
-                    with timer("encode"):
+                    with stage("encode"):
                         rendered = gen.encode(out.rgb.clamp(0, 1).to(x0.dtype))
                     x0 = (1 - cfg.resample_weight) * x0 + cfg.resample_weight * rendered
 
-            with timer("denoise"):
+            with stage("denoise"):
                 if cfg.solver == "heun":
                     step_feats = feats
 
@@ -281,17 +309,17 @@ class RecursiveSampler:
             for callback in callbacks:
                 callback(info)
 
-        views_all = self._decode_all(x, timer)
+        views_all = self._decode_all(x, stage)
         if cfg.final_reconstruction == "fresh" or representation is None:
             idx = self._input_view_indices()
-            representation = self._reconstruct(views_all if idx is None else views_all[:, idx], cameras, None, timer, cfg.steps)
+            representation = self._reconstruct(views_all if idx is None else views_all[:, idx], cameras, None, stage, cfg.steps)
             num_recon += 1
-        timings = dict(timer.totals)
-        if timer.sync:
+        timings = dict(stage.totals)
+        if stage.sync:
             torch.cuda.synchronize()
         timings["total"] = time.perf_counter() - start
         return SampleResult(views_all, representation, x, timings, num_recon)
 
-    def _decode_all(self, latents: torch.Tensor, timer: _Timer) -> torch.Tensor:
-        with timer("decode"):
+    def _decode_all(self, latents: torch.Tensor, stage: _Stages) -> torch.Tensor:
+        with stage("decode"):
             return self.generator.decode(latents).clamp(0, 1)

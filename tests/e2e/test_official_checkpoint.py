@@ -35,6 +35,7 @@ RECIPE = {
     "sampler": {"steps": 2},
     "output": {"video": False},
     "device": "cpu",
+    "dtype": "fp32",  # svd-lgm's fp16 autocast is slow on a CPU and beside the point here
 }
 
 

@@ -16,15 +16,22 @@ State-dict layout (what :meth:`SVDGenerator.state_dict` holds)::
 ``cond_encoder.{0,1}.*`` part belongs to the feedback encoders (RGB, CCM) and is dropped
 here (see :mod:`.weights`).
 
+Precision: CLIP and the VAE encoder never run under autocast (the official script encodes
+the condition in fp32 before it enters fp16 autocast), and a VAE encoder cast to fp16 is
+upcast to fp32 for the call when the VAE's config sets ``force_upcast`` (as diffusers' SVD
+pipeline does); the UNet, the Plücker MLPs and the VAE decoder follow the caller's autocast.
+
 Known numerical difference from the official code: the UNet gets ``c_noise`` in float32 and
 diffusers casts its sinusoidal embedding to the UNet dtype afterwards, whereas the official
-forward cast ``t`` to the sample dtype first; identical in fp32, slightly different in fp16.
+forward cast ``t`` to the sample dtype first; identical in fp32 and under autocast (fp32
+weights, so the sample is fp32 in both), slightly different with modules cast to fp16.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +41,7 @@ from ouroboros_core.cameras import Cameras
 from ouroboros_core.edm import preconditioning
 from ouroboros_core.errors import InputError, RecipeError
 from ouroboros_core.interfaces import GenerationContext, MultiViewGenerator
+from ouroboros_core.precision import no_autocast
 
 from . import weights as svd_weights
 from .camera import build_plucker_mlps, harmonic_encoding, plucker_field
@@ -134,11 +142,32 @@ class SVDGenerator(MultiViewGenerator):
         )
 
         size = self.image_encoder.config.image_size
-        pixels = _resize_with_antialiasing(x, (size, size))
-        pixels = ((pixels + 1) / 2 - self.clip_mean) / self.clip_std
-        enc_dtype = self.image_encoder.visual_projection.weight.dtype
-        embeds = self.image_encoder(pixel_values=pixels.to(enc_dtype)).image_embeds
+        with no_autocast(self._device):  # CLIP computes in its weights' dtype (see module docstring)
+            pixels = _resize_with_antialiasing(x, (size, size))
+            pixels = ((pixels + 1) / 2 - self.clip_mean) / self.clip_std
+            enc_dtype = self.image_encoder.visual_projection.weight.dtype
+            embeds = self.image_encoder(pixel_values=pixels.to(enc_dtype)).image_embeds
         return embeds.unsqueeze(1).to(self._dtype)
+
+    @contextlib.contextmanager
+    def _vae_encoder(self) -> Iterator[torch.dtype]:
+        """The VAE encoder ready to run, yielding the dtype its input must have: autocast off,
+        and an fp16 encoder (with ``quant_conv``) upcast to fp32 for the call when the VAE's
+        config sets ``force_upcast`` (diffusers: the VAE must run in fp32), exactly where
+        diffusers' SVD pipeline upcasts it (it decodes in fp16). SVD img2vid's VAE sets it."""
+        parts = (self.vae.encoder, self.vae.quant_conv)
+        stored = self.vae.encoder.conv_in.weight.dtype
+        upcast = stored == torch.float16 and bool(self.vae.config.force_upcast)
+        with no_autocast(self._device):
+            if upcast:
+                for part in parts:
+                    part.float()
+            try:
+                yield torch.float32 if upcast else stored
+            finally:
+                if upcast:
+                    for part in parts:
+                        part.to(stored)
 
     def _vae_mode(self, x: torch.Tensor) -> torch.Tensor:
         """Unscaled latent (distribution mode) of ``x`` ``(N, 3, H, W)`` in [-1, 1] — SVD's
@@ -148,8 +177,8 @@ class SVDGenerator(MultiViewGenerator):
             return F.pixel_unshuffle(x, self.config.pixel_shuffle_factor)
         if self.vae is None:
             return x
-        vae_dtype = self.vae.encoder.conv_in.weight.dtype
-        return self.vae.encode(x.to(vae_dtype)).latent_dist.mode().float()
+        with self._vae_encoder() as dtype:
+            return self.vae.encode(x.to(dtype)).latent_dist.mode().float()
 
     def _vae_latent(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         """The VAE latent of ``x`` (unscaled): a posterior sample while training with
@@ -157,20 +186,23 @@ class SVDGenerator(MultiViewGenerator):
         otherwise (and always for the pixel-space autoencoders)."""
         if self.vae is None or not self.training or self.config.train_latents == "mode":
             return self._vae_mode(x)
-        vae_dtype = self.vae.encoder.conv_in.weight.dtype
-        return self.vae.encode(x.to(vae_dtype)).latent_dist.sample(generator).float()
+        with self._vae_encoder() as dtype:
+            return self.vae.encode(x.to(dtype)).latent_dist.sample(generator).float()
 
     def _camera_features(self, cameras: Cameras, h: int, w: int) -> list[torch.Tensor] | None:
         """Harmonic Plücker features at every UNet resolution, ``[(B, V, F, h/2^l, w/2^l)]``.
 
-        Computed once per resolution per prepared batch; the MLPs run at every denoise call.
+        Computed once per resolution per prepared batch, in fp32 even under a trainer's
+        autocast (the official ``encode_plucker`` casts to fp32 too); the MLPs run at every
+        denoise call.
         """
         if not self.config.plucker:
             return None
         levels = []
-        for level in range(len(self.config.block_channels)):
-            rays = plucker_field(cameras, h >> level, w >> level, self.config.rays)
-            levels.append(harmonic_encoding(rays, self.config.plucker_frequencies, dim=2))
+        with no_autocast(self._device):
+            for level in range(len(self.config.block_channels)):
+                rays = plucker_field(cameras, h >> level, w >> level, self.config.rays)
+                levels.append(harmonic_encoding(rays, self.config.plucker_frequencies, dim=2))
         return levels
 
     def _check_cameras(self, cameras: Cameras, batch_size: int) -> Cameras:
