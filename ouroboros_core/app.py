@@ -209,6 +209,7 @@ class GenerationService:
 
     def run(self, request: Request, report: StepReport | None = None) -> Outcome:
         """Generate and save one object, calling ``report`` after every sampling step."""
+        from .cli import output_folders
         from .io.grid import make_grid
 
         recipe, pre = self.check(request)
@@ -228,8 +229,7 @@ class GenerationService:
             start = time.perf_counter()
             pipe = self.cache.pipeline(request.recipe, recipe)
             result = pipe(pre, callbacks=[step], intermediates=request.intermediates)
-            stem = Path(request.image).name.rsplit(".", 1)[0] or "image"
-            folder = pipe.save(result, self.output_root / f"{next(self.counter):04d}" / stem)
+            folder = pipe.save(result, output_folders([request.image], self.output_root / f"{next(self.counter):04d}")[0])
             seconds = time.perf_counter() - start
         manifest_files = _manifest_files(folder)
         files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
@@ -246,7 +246,7 @@ def _manifest_files(folder: Path) -> dict[str, str]:
 # ---------------------------------------------------------------------- the page
 def _status(outcome: Outcome) -> str:
     """The result's summary line, and what the CLI would print to stderr about it."""
-    lines = [f"Done in {outcome.seconds:.1f} s (models included when they loaded now): {len(outcome.files)} files."]
+    lines = [f"Done in {outcome.seconds:.1f} s (with loading the models on a recipe's first run): {len(outcome.files)} files."]
     if outcome.random_weights:
         lines.append(f"note: {', '.join(outcome.random_weights)} use RANDOM weights (no weights in the recipe): outputs are not meaningful")
     lines += [f"warning: {w}" for w in outcome.warnings]
@@ -386,8 +386,11 @@ def serve(recipe: str = DEFAULT_RECIPE, host: str = "127.0.0.1", port: int = 786
             css=PAGE_CSS,
             allowed_paths=[str(service.output_root)],
         )
-    except OSError as error:  # the port is taken, or the host is not this machine's
-        raise UserError(f"cannot serve on {host}:{port} ({error})", hint="pass another --port, or --host 127.0.0.1") from None
+    except OSError as error:  # gradio's own message names its environment variables, not our options
+        raise UserError(
+            f"cannot serve on {host}:{port}: the port is in use or the address is not this machine's",
+            hint="pass another --port, or --host 127.0.0.1",
+        ) from error
     if block:
         try:
             while True:

@@ -206,8 +206,9 @@ def _add_weights(parser: argparse.ArgumentParser) -> None:
 # ---------------------------------------------------------------------- the parser
 #: top-level commands: (name, help, add_arguments). Other modules' commands are added here.
 # ---------------------------------------------------------------------- generate
-def _output_folders(images: Sequence[str], out_dir: Path) -> list[Path]:
-    """One folder per input, named after the file; repeated stems get a numeric suffix."""
+def output_folders(images: Sequence[str], out_dir: Path) -> list[Path]:
+    """One folder per input, named after the file; repeated stems get a numeric suffix (the
+    web app names its result folders this way too)."""
     used: dict[str, int] = {}
     folders = []
     for image in images:
@@ -269,7 +270,7 @@ def _generate(args: argparse.Namespace) -> int:
         from .mesh_from_gaussians import require_mesh_libraries
 
         require_mesh_libraries()
-    folders = _output_folders(args.images, Path(args.output or recipe.model.output.dir))
+    folders = output_folders(args.images, Path(args.output or recipe.model.output.dir))
     for folder in folders:
         check_result_dir(folder, args.overwrite, RESULT_FILES)
     background = "as-is" if args.no_remove_background else "auto"

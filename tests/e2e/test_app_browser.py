@@ -87,7 +87,8 @@ def app_url(tmp_path_factory) -> Iterator[str]:
 
 
 @pytest.fixture
-def page(tmp_path):
+def browser(tmp_path):
+    """Headless Chromium with a fresh profile (a browser context; ``new_page()`` opens a tab)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -100,9 +101,37 @@ def page(tmp_path):
             viewport={"width": 1400, "height": 1000},
         )
         try:
-            yield context.new_page()
+            yield context
         finally:
             context.close()
+
+
+@pytest.fixture
+def page(browser):
+    return browser.new_page()
+
+
+def _upload_and_set(page, url: str, image: Path | None, steps: int, seed: int) -> None:
+    """Open the page, upload ``image`` (``None``: click the shipped example), set steps and seed."""
+    page.goto(url)
+    if image is None:
+        page.get_by_text(EXAMPLE.name, exact=True).click()
+    else:
+        page.set_input_files("#input-image input[type=file]", str(image))
+    page.wait_for_function("() => document.querySelector('#input-seen img')?.naturalWidth > 0", timeout=60_000)
+    page.fill("#steps input[type=number]", str(steps))
+    page.press("#steps input[type=number]", "Enter")
+    page.fill("#seed input", str(seed))
+    page.press("#seed input", "Tab")
+
+
+def _download(page, name: str, folder: Path) -> Path:
+    """Click the download link of ``name`` as a visitor does; returns the saved file."""
+    with page.expect_download() as download:
+        page.locator(f"#downloads a[download='{name}']").click()
+    target = folder / download.value.suggested_filename
+    download.value.save_as(target)
+    return target
 
 
 def _without_run_details(manifest: dict) -> dict:
@@ -124,13 +153,7 @@ def test_upload_generate_view_and_download_the_files_generate_writes(app_url, pa
 
     outside: list[str] = []
     page.on("request", lambda r: None if r.url.startswith((app_url, "blob:", "data:")) else outside.append(r.url))
-    page.goto(app_url)
-    page.set_input_files("#input-image input[type=file]", str(EXAMPLE))
-    page.wait_for_function("() => document.querySelector('#input-seen img')?.naturalWidth > 0", timeout=60_000)
-    page.fill("#steps input[type=number]", str(STEPS))
-    page.press("#steps input[type=number]", "Enter")
-    page.fill("#seed input", str(SEED))
-    page.press("#seed input", "Tab")
+    _upload_and_set(page, app_url, EXAMPLE, STEPS, SEED)
     page.click("#generate")
 
     links = page.locator("#downloads a[download]")
@@ -155,10 +178,8 @@ def test_upload_generate_view_and_download_the_files_generate_writes(app_url, pa
 
     # what a visitor downloads: the files generate wrote, byte for byte
     downloaded = tmp_path / "downloads"
-    for index in range(links.count()):
-        with page.expect_download() as download:
-            links.nth(index).click()
-        download.value.save_as(downloaded / download.value.suggested_filename)
+    for name in links.evaluate_all("links => links.map(a => a.download)"):
+        _download(page, name, downloaded)
     assert sorted(p.name for p in downloaded.iterdir()) == sorted(expected)
     for name, path in expected.items():
         if name == "manifest.json":
@@ -189,3 +210,20 @@ def test_a_file_that_is_not_an_image_shows_the_cli_error_in_the_page(app_url, pa
     errors.nth(1).wait_for(timeout=60_000)  # and again from Generate, before any model loads
     assert errors.all_inner_texts() == [message, message]
     assert page.locator("#downloads a[download]").count() == 0
+
+
+def test_two_visitors_at_once_queue_and_each_gets_their_own_result(app_url, browser, tmp_path):
+    tabs = {seed: browser.new_page() for seed in (1, 2)}
+    _upload_and_set(tabs[1], app_url, None, 2, 1)  # the example button
+    _upload_and_set(tabs[2], app_url, EXAMPLE, 2, 2)
+    for tab in tabs.values():  # both ask before either is done
+        tab.click("#generate")
+    # the second is told its place in the queue (gradio's "queue: 1/1"), then runs
+    tabs[2].wait_for_function("() => /queue: \\d+\\/\\d+/.test(document.body.innerText)", timeout=30_000)
+    for seed, tab in tabs.items():
+        tab.locator("#downloads a[download='manifest.json']").wait_for(timeout=240_000)
+        manifest = json.loads(_download(tab, "manifest.json", tmp_path / str(seed)).read_text())
+        assert manifest["seed"] == seed and manifest["timings_s"]["sampler.total"] > 0
+        assert "Done in" in tab.inner_text("#status")
+    grids = [_download(tab, "views.png", tmp_path / str(seed)).read_bytes() for seed, tab in tabs.items()]
+    assert grids[0] != grids[1]
