@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
@@ -44,9 +45,9 @@ if TYPE_CHECKING:
     from .recipe import Recipe
     from .sampler import StepInfo
 
-#: The folder of example inputs in a source checkout (``examples/`` beside the package); a
-#: wheel does not ship it, and the page then offers no example.
-EXAMPLES_DIR = Path(__file__).resolve().parents[1] / "examples"
+#: The shipped example input, in a source checkout (``examples/`` beside the package; a wheel
+#: does not ship it, and the page then offers no example).
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "toy-object.png"
 
 #: Small views (the tiny recipe's are 32²) are scaled up to the image boxes with hard pixel
 #: edges, so the page shows what the files hold instead of a blur.
@@ -56,12 +57,15 @@ PAGE_CSS = "#views img, #preview img { image-rendering: pixelated; width: 100%; 
 DEFAULT_RECIPE = "tiny"
 
 
-def require_gradio() -> None:
-    """Stop with one line when the ``app`` extra is not installed."""
+def import_gradio() -> ModuleType:
+    """gradio, imported with its analytics off (it reads the variable at import), or one line
+    saying which extra installs it."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
-        import gradio  # noqa: F401
+        import gradio
     except ImportError:
         raise UserError("the web app needs gradio, which is not installed", hint="pip install 'ouroboros3d[app]'") from None
+    return gradio
 
 
 # ---------------------------------------------------------------------- no gradio below
@@ -255,12 +259,10 @@ def _status(outcome: Outcome) -> str:
 
 def build_app(service: GenerationService) -> "gradio.Blocks":
     """The page: inputs on the left, progress and results on the right."""
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    import gradio as gr
+    gr = import_gradio()
 
     choices = service.recipe_choices()
     default_steps, default_seed = service.recipe_defaults(service.default_recipe)
-    examples = sorted(EXAMPLES_DIR.glob("*.png")) if EXAMPLES_DIR.is_dir() else []
 
     def user_error(error: UserError, upload: str) -> gr.Error:
         return gr.Error(message_for_upload(error, upload), duration=None, print_exception=False)
@@ -330,8 +332,8 @@ def build_app(service: GenerationService) -> "gradio.Blocks":
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.File(label="Input image (RGBA uses its alpha)", elem_id="input-image")
-                if examples:
-                    gr.Examples([[str(p)] for p in examples], inputs=[image], label="Example")
+                if EXAMPLE.is_file():
+                    gr.Examples([[str(EXAMPLE)]], inputs=[image], label="Example")
                 seen = gr.Image(label="Input as the generator sees it", interactive=False, format="png", elem_id="input-seen")
                 recipe = gr.Dropdown(choices, value=service.default_recipe, label="Recipe", elem_id="recipe")
                 steps = gr.Slider(1, 100, value=default_steps, step=1, label="Steps", elem_id="steps")
@@ -366,8 +368,7 @@ def serve(recipe: str = DEFAULT_RECIPE, host: str = "127.0.0.1", port: int = 786
     The recipe is checked now (one line if it is unknown or invalid); its models load at the
     first generation. Without ``block`` returns the running app (``app.close()`` stops it).
     """
-    require_gradio()
-    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import_gradio()
     from .recipe import load_recipe
 
     load_recipe(recipe)

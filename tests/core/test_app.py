@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from ouroboros_core.app import GenerationService, ModelCache, Request, message_for_upload, require_gradio, serve
+from ouroboros_core.app import GenerationService, ModelCache, Request, import_gradio, message_for_upload, serve
 from ouroboros_core.cli import main
 from ouroboros_core.errors import UserError
 from ouroboros_core.pipeline import ImageTo3DPipeline
@@ -129,4 +129,4 @@ def test_app_without_gradio_and_on_a_taken_port_are_one_line_errors(monkeypatch)
             serve(port=port, block=False)
     monkeypatch.setitem(sys.modules, "gradio", None)
     with pytest.raises(UserError, match=r"pip install 'ouroboros3d\[app\]'"):
-        require_gradio()
+        import_gradio()
