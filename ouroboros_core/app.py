@@ -287,8 +287,10 @@ def build_app(service: GenerationService) -> "gradio.Blocks":
         intermediates: bool,
         progress: gr.Progress = gr.Progress(),
     ) -> Iterator[dict[Any, Any]]:
+        """Generation runs in a worker thread and reports each step through a queue, so this
+        generator can move the progress bar and show the step's renders while it samples."""
         if image is None:
-            raise gr.Error("upload an image first (or pick the example)", duration=None, print_exception=False)
+            raise gr.Error("upload an image first", duration=None, print_exception=False)
         request = Request(image, recipe, int(steps), int(seed), plain, mesh, intermediates)
         events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
