@@ -227,3 +227,5 @@ def test_two_visitors_at_once_queue_and_each_gets_their_own_result(app_url, brow
         assert "Done in" in tab.inner_text("#status")
     grids = [_download(tab, "views.png", tmp_path / str(seed)).read_bytes() for seed, tab in tabs.items()]
     assert grids[0] != grids[1]
+    for tab in tabs.values():
+        tab.close()
