@@ -65,17 +65,23 @@ def component_parts(recipe: Recipe) -> list[str]:
 
 
 def export_weights(
-    recipe: Recipe, modules: list[torch.nn.Module], run_dir: Path, folder: str = "weights", recipe_file: str = "trained.yaml"
+    recipe: Recipe, state: dict[str, torch.Tensor], run_dir: Path, folder: str = "weights", recipe_file: str = "trained.yaml"
 ) -> Path:
-    """Write ``<folder>/<part>.safetensors`` and ``<recipe_file>`` (a recipe that loads them)."""
+    """Write ``<folder>/<part>.safetensors`` and ``<recipe_file>`` (a recipe that loads them).
+
+    ``state`` holds full tensors keyed by path inside the components (``generator.unet...``,
+    ``feedback.0...``; :meth:`~ouroboros_core.trainer.JointTrainer.full_state_dict`); each part's
+    file holds its component's own keys, as its ``state_dict`` names them.
+    """
     from safetensors.torch import save_file
 
     from .io.atomic import atomic_write
 
     weights = run_dir / folder
     weights.mkdir(parents=True, exist_ok=True)
-    for part, module in zip(component_parts(recipe), modules):
-        tensors = {k: v.detach().to("cpu").contiguous().clone() for k, v in module.state_dict().items()}
+    prefixes = ["generator.", "reconstructor."] + [f"feedback.{i}." for i in range(len(recipe.model.feedback))]
+    for part, prefix in zip(component_parts(recipe), prefixes):
+        tensors = {k[len(prefix):]: v.detach().to("cpu").contiguous().clone() for k, v in state.items() if k.startswith(prefix)}
         with atomic_write(weights / f"{part}.safetensors") as tmp:
             save_file(tensors, str(tmp))
     trained = recipe.to_dict()
@@ -210,6 +216,12 @@ def train(
     trainer = JointTrainer(
         parts.generator, parts.reconstructor, parts.encoders, cfg, model.maps, seed=model.seed, device=device.type
     )
+    if trainer.sharded and cfg.validate_every:
+        raise RecipeError(
+            "trainer.validate_every does not work under FSDP: the validation image is generated on the main "
+            "process alone, outside the training pass, where each process holds only shards of the weights",
+            hint="set trainer.validate_every=0 (the TensorBoard scalars stay) or validate with the DDP config",
+        )
     checkpoints = run_dir / "checkpoints"
     if resume is not None:
         trainer.load_checkpoint(_latest_checkpoint(checkpoints) if str(resume) == "latest" else Path(resume))
@@ -253,13 +265,17 @@ def train(
     # part (the save starts with a barrier, so no process sees the main one's new folder here)
     if not final.exists():
         trainer.save_checkpoint(final)
-    if main:
-        components = trainer.components
-        modules = [components["generator"], components["reconstructor"], *components["feedback"]]
+    # under FSDP the full weights are gathered from every process's shards, so all take part
+    if main or trainer.sharded:
         if trainer.ema is not None and cfg.export_raw_weights:
-            export_weights(recipe, modules, run_dir, "weights-raw", "trained-raw.yaml")
+            raw = trainer.full_state_dict()
+            if main:
+                export_weights(recipe, raw, run_dir, "weights-raw", "trained-raw.yaml")
+            del raw
         with trainer.ema.applied() if trainer.ema is not None else contextlib.nullcontext():
-            export_weights(recipe, modules, run_dir)
+            state = trainer.full_state_dict()
+            if main:  # inside: without FSDP the state holds the live (averaged) tensors
+                export_weights(recipe, state, run_dir)
     trainer.accelerator.wait_for_everyone()
     return run_dir
 

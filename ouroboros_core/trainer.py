@@ -25,6 +25,11 @@ same on every process, so all ranks take the same branch and run the same graph)
 global torch RNG (dropout), are saved in checkpoints: a resumed run continues exactly as an
 uninterrupted one on the same device, given a data order that depends only on the epoch
 (sequential, or a sampler with ``set_epoch``; see :meth:`JointTrainer.train`).
+
+Under FSDP (accelerate's FSDP2, ``fsdp_version: 2``) every parameter, gradient, optimizer moment
+and EMA shadow is a DTensor shard; checkpoints and exported weights are gathered to full tensors
+(written by the main process only) and scattered back into shards on resume, so their files
+have the same names, shapes and layout as those of one process or DDP.
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ from torch import nn
 
 from .cameras import Cameras
 from .edm import loss_weight, sample_training_sigmas
-from .errors import RecipeError, WeightsError
+from .errors import RecipeError, UserError, WeightsError
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, encode_feedback
 from .losses import ReconstructionLoss
 from .maps import feedback_maps, zero_maps
@@ -302,7 +307,11 @@ def lr_factor(config: TrainerConfig, step: int) -> float | None:
 
 # ====================================================================== EMA
 class EMA:
-    """Exponential moving average of the trainable parameters (fp32 shadow copies)."""
+    """Exponential moving average of the trainable parameters (fp32 shadow copies).
+
+    Each shadow is shaped as its parameter is: under FSDP a DTensor shard, so every process
+    averages its own shard and the average of the full weights is the gathered shards.
+    """
 
     def __init__(self, named_parameters: Iterable[tuple[str, nn.Parameter]], decay: float):
         self.decay = decay
@@ -347,6 +356,30 @@ def _make_accelerator(config: TrainerConfig, device: str | None):
     from accelerate import Accelerator
 
     return Accelerator(cpu=device == "cpu", mixed_precision=config.mixed_precision)
+
+
+def _check_sharding(accelerator) -> None:
+    """Refuse FSDP1 and say when an FSDP launch config is not sharding at all.
+
+    FSDP1 keeps a flat parameter per wrapped module and renames the modules it wraps, which the
+    EMA shadows, checkpoints and exported weights here do not handle (they handle FSDP2's
+    DTensor shards). accelerate builds FSDP only on accelerators: with the CPU it quietly
+    trains every process with full weights (plain data parallel), which is correct but is not
+    the memory saving the config was chosen for.
+    """
+    from accelerate.utils import DistributedType
+
+    if getattr(accelerator, "distributed_type", None) == DistributedType.FSDP:
+        if not getattr(accelerator, "is_fsdp2", False):
+            raise UserError(
+                "FSDP version 1 is not supported by the trainer (its checkpoints, EMA and exported weights need FSDP2)",
+                hint="set fsdp_version: 2 in the accelerate config, as configs/accelerate/fsdp.yaml does",
+            )
+    elif os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        logger.warning(
+            "the accelerate config asks for FSDP, but accelerate runs FSDP only on GPUs: these %s "
+            "processes train unsharded, each with full weights", accelerator.device.type,
+        )
 
 
 def _configure_deepspeed(accelerator, config: TrainerConfig) -> None:
@@ -396,6 +429,7 @@ class JointTrainer:
         if config.gradient_checkpointing:
             apply_gradient_checkpointing(model.components, config.gradient_checkpointing)
         groups = parameter_groups(model.components, config.trainable, config.lr, config.lr_scale)
+        _check_sharding(self.accelerator)
         _configure_deepspeed(self.accelerator, config)
         self.trainable_names = [n for n, p in model.components.named_parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
@@ -418,6 +452,12 @@ class JointTrainer:
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def sharded(self) -> bool:
+        """True under FSDP2: parameters, gradients, optimizer state and EMA shadows are DTensor
+        shards, so reading or writing full weights is a collective every process takes part in."""
+        return bool(getattr(self.accelerator, "is_fsdp2", False))
 
     def _trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.components.parameters() if p.requires_grad]
@@ -552,12 +592,87 @@ class JointTrainer:
     # ------------------------------------------------------------------ checkpoints
     def _model_tensors(self) -> dict[str, torch.Tensor]:
         """Trainable parameters and all buffers of the components (frozen weights come from
-        the components' own sources)."""
-        state = self.accelerator.get_state_dict(self.model)
+        the components' own sources), full tensors.
+
+        Under FSDP the shards are gathered (a collective: every process must call this) onto
+        the main process's CPU, one tensor at a time; the other processes get ``{}``.
+        """
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+            state = get_model_state_dict(self.model, options=options)
+        else:
+            state = self.accelerator.get_state_dict(self.model)
         prefix = "components."
-        buffers = {n for n, _ in self.components.named_buffers()}
-        keep = set(self.trainable_names) | buffers
+        keep = self._checkpoint_shapes()
         return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in keep}
+
+    def _checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Name and full shape of every tensor ``model.safetensors`` holds (a DTensor reports
+        its full shape, so nothing is gathered)."""
+        keep = set(self.trainable_names) | {n for n, _ in self.components.named_buffers()}
+        return {k: tuple(v.shape) for k, v in self.components.state_dict().items() if k in keep}
+
+    def full_state_dict(self) -> dict[str, torch.Tensor]:
+        """Every tensor of the components' state dicts (frozen ones too), keyed by path inside
+        the components (``generator.unet...``, ``feedback.0...``): what exported weights hold.
+
+        Without FSDP these are the live tensors (copy them before the weights change). Under
+        FSDP it is a collective (every process must call it) and only the main process gets
+        the gathered full tensors, on the CPU; the others get ``{}``.
+        """
+        if not self.sharded:
+            return self.components.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        prefix = "components."
+        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+    def _optimizer_param_names(self) -> list[str]:
+        """The optimizer's parameters as model paths, in the order a torch optimizer numbers them
+        in its ``state_dict`` (group after group)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        return [names[id(p)] for group in self.optimizer.param_groups for p in group["params"]]
+
+    def _optimizer_state(self) -> dict[str, Any]:
+        """The optimizer state dict keyed by parameter number, as a torch optimizer's own, so a
+        checkpoint does not depend on how the run was sharded.
+
+        Under FSDP the moments are gathered from the shards (a collective; the main process gets
+        them on the CPU, the others ``{}``) and renumbered from torch's per-name layout.
+        """
+        if not self.sharded:
+            return self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        by_name = get_optimizer_state_dict(self.model, self.optimizer.optimizer, options=options)
+        if not by_name:
+            return {}
+        number = {name: i for i, name in enumerate(self._optimizer_param_names())}
+        return {
+            "state": {number[name]: entry for name, entry in by_name["state"].items()},
+            "param_groups": [dict(g, params=[number[name] for name in g["params"]]) for g in by_name["param_groups"]],
+        }
+
+    def _load_optimizer_state(self, state_dict: dict[str, Any]) -> None:
+        """Load a state dict from :meth:`_optimizer_state` (full tensors on every process);
+        under FSDP each process keeps its own shard of every moment."""
+        if not self.sharded:
+            self.optimizer.load_state_dict(state_dict)
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        names = self._optimizer_param_names()
+        by_name = {
+            "state": {names[index]: entry for index, entry in state_dict["state"].items()},
+            "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in state_dict["param_groups"]],
+        }
+        set_optimizer_state_dict(
+            self.model, self.optimizer.optimizer, by_name, options=StateDictOptions(full_state_dict=True)
+        )
 
     def _gather_process_rng(self) -> dict[str, torch.Tensor]:
         """Every process's noise generator and global torch RNG state, gathered (a collective).
@@ -577,25 +692,34 @@ class JointTrainer:
         return states
 
     def save_checkpoint(self, path: str | os.PathLike) -> Path:
-        """Write a resumable checkpoint folder (safetensors + JSON), atomically."""
+        """Write a resumable checkpoint folder (safetensors + JSON), atomically.
+
+        Every process must call it (it gathers random states, and under FSDP the weights,
+        moments and EMA shadows); only the main process writes.
+        """
         from safetensors.torch import save_file
 
         from .io.atomic import atomic_output_dir
 
         path = Path(path)
         self.accelerator.wait_for_everyone()
-        process_rng = self._gather_process_rng()  # a collective: every process takes part
-        if self.accelerator.is_main_process:
+        process_rng = self._gather_process_rng()
+        main = self.accelerator.is_main_process
+        gather = self.sharded or main  # without FSDP every tensor is whole on the main process
+        model = self._model_tensors() if gather else {}
+        optimizer = self._optimizer_state() if gather else {}
+        ema = _full_tensors(self.ema.shadow, keep=main) if self.ema is not None and gather else {}
+        if main:
             with atomic_output_dir(path) as tmp:
-                save_file(_cpu(self._model_tensors()), str(tmp / "model.safetensors"))
-                opt_tensors, opt_meta = _flatten_optimizer(self.optimizer.state_dict())
+                save_file(_cpu(model), str(tmp / "model.safetensors"))
+                opt_tensors, opt_meta = _flatten_optimizer(optimizer)
                 save_file(_cpu(opt_tensors), str(tmp / "optimizer.safetensors"))
                 rng = {"coin": self.coin_rng.get_state(), **process_rng}
                 if torch.cuda.is_available():
                     rng.update({f"cuda.{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
                 save_file(_cpu(rng), str(tmp / "rng.safetensors"))
                 if self.ema is not None:
-                    save_file(_cpu(self.ema.shadow), str(tmp / "ema.safetensors"))
+                    save_file(ema, str(tmp / "ema.safetensors"))
                 scaler = getattr(self.accelerator, "scaler", None)
                 meta = {
                     "format": CHECKPOINT_FORMAT,
@@ -611,9 +735,11 @@ class JointTrainer:
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Restore a folder written by :meth:`save_checkpoint`; :meth:`train` then continues.
 
-        Weights are loaded into the unwrapped components, which covers one process, DDP and
-        DeepSpeed ZeRO-1/2 (every rank holds full parameters); sharded-parameter set-ups (FSDP,
-        ZeRO-3) would need accelerate's own state loading.
+        Every process reads the folder (a file system they share) and loads the full tensors:
+        into the unwrapped components with one process, DDP and DeepSpeed ZeRO-1/2 (every rank
+        holds full parameters); under FSDP each process keeps its shards of the weights,
+        optimizer moments and EMA shadows. The files do not depend on the number of processes
+        or the sharding (ZeRO-3 is not handled).
         """
         from safetensors.torch import load_file
 
@@ -629,9 +755,8 @@ class JointTrainer:
                 hint="resume with the same trainer.grad_accum",
             )
         tensors = load_file(str(path / "model.safetensors"))
-        current = self._model_tensors()
-        expected = set(current)
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+        expected = self._checkpoint_shapes()
+        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
         if missing or unexpected:
             what = f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}"
             raise WeightsError(
@@ -640,15 +765,21 @@ class JointTrainer:
                 hint="resume with the recipe (components and trainer.trainable) the checkpoint was trained with",
             )
         for key in sorted(tensors):
-            if tuple(tensors[key].shape) != tuple(current[key].shape):
+            if tuple(tensors[key].shape) != expected[key]:
                 raise WeightsError(
                     f"checkpoint does not match the model: {key} has shape {tuple(tensors[key].shape)} "
-                    f"in the checkpoint but {tuple(current[key].shape)} in the model",
+                    f"in the checkpoint but {expected[key]} in the model",
                     where=str(path / "model.safetensors"),
                     hint="resume with the recipe (component configs and presets) the checkpoint was trained with",
                 )
-        self.components.load_state_dict(tensors, strict=False)
-        self.optimizer.load_state_dict(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+            full = {f"components.{k}": v for k, v in tensors.items()}
+            set_model_state_dict(self.model, full, options=StateDictOptions(full_state_dict=True, strict=False))
+        else:
+            self.components.load_state_dict(tensors, strict=False)
+        self._load_optimizer_state(_unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), meta["optimizer"]))
         rng = load_file(str(path / "rng.safetensors"))
         self.coin_rng.set_state(rng["coin"])
         rank = self.accelerator.process_index
@@ -666,12 +797,40 @@ class JointTrainer:
             torch.cuda.set_rng_state_all(cuda_states)
         if self.ema is not None:
             shadow = load_file(str(path / "ema.safetensors"))
-            for name in self.ema.shadow:
-                self.ema.shadow[name].copy_(shadow[name])
+            for name, current in self.ema.shadow.items():
+                current.copy_(_shard_like(shadow[name], current))
         scaler = getattr(self.accelerator, "scaler", None)
         if scaler is not None and meta.get("scaler"):
             scaler.load_state_dict(meta["scaler"])
         self.step = int(meta["step"])
+
+
+# ====================================================================== full tensors and shards
+def _full_tensors(tensors: dict[str, torch.Tensor], keep: bool) -> dict[str, torch.Tensor]:
+    """CPU copies of ``tensors``, each DTensor shard gathered into its full tensor.
+
+    Gathering is a collective: every process calls this with the same names in the same order.
+    Only a process with ``keep`` holds the results; the others drop each full tensor at once,
+    so no process ever holds more than one full tensor beyond its shards and what it keeps.
+    """
+    from torch.distributed.tensor import DTensor
+
+    out: dict[str, torch.Tensor] = {}
+    for name, tensor in tensors.items():
+        full = tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
+        if keep:
+            out[name] = full.detach().to("cpu", copy=True).contiguous()
+    return out
+
+
+def _shard_like(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` cut into this process's shard of ``like`` when ``like`` is a DTensor (every
+    process holds ``full``, so each slices its own part without communicating)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return full
+    return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements, src_data_rank=None)
 
 
 # ====================================================================== optimizer (de)serialisation

@@ -78,16 +78,40 @@ def test_deepspeed_zero2_builds_its_plugin(monkeypatch):
 
 def test_fsdp_full_shard_builds_its_plugin(monkeypatch):
     from accelerate.utils import FullyShardedDataParallelPlugin
-    from torch.distributed.fsdp import BackwardPrefetch, ShardingStrategy
+    from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     args, env = _launch(["--config_file", str(CONFIGS / "fsdp.yaml"), *TRAIN])
     assert args.use_fsdp and env["ACCELERATE_USE_FSDP"] == "true"
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     plugin = FullyShardedDataParallelPlugin()
-    assert plugin.sharding_strategy == ShardingStrategy.FULL_SHARD
-    assert plugin.backward_prefetch == BackwardPrefetch.BACKWARD_PRE
-    assert plugin.auto_wrap_policy is not None and plugin.state_dict_type.name == "FULL_STATE_DICT"
+    assert plugin.fsdp_version == 2 and plugin.reshard_after_forward is True  # FSDP2, full shard
+    assert plugin.auto_wrap_policy is transformer_auto_wrap_policy
+    assert "SpatioTemporalResBlock" in plugin.transformer_cls_names_to_wrap
+    assert plugin.state_dict_type.name == "FULL_STATE_DICT"
+    assert env["ACCELERATE_MIXED_PRECISION"] == "bf16"
+
+
+def test_fsdp_wraps_only_blocks_of_the_paper_recipe():
+    """accelerate stops when a listed class is missing from the model, and the trainer calls the
+    components (and the VAE) through methods FSDP does not gather: every class the config wraps
+    is in svd-lgm-paper (built on the meta device), and none is a component, the VAE, or LGM's
+    UpBlock (it pops its skips from a list argument, which FSDP copies)."""
+    import torch
+    import yaml
+
+    from ouroboros_core.build import build_components
+    from ouroboros_core.recipe import load_recipe
+
+    wrapped = yaml.safe_load((CONFIGS / "fsdp.yaml").read_text())["fsdp_config"]["fsdp_transformer_layer_cls_to_wrap"].split(",")
+    probe = load_recipe("svd-lgm-paper")
+    nulls = ["generator.weights=null", "reconstructor.weights=null"] + [f"feedback.{i}.weights=null" for i in range(len(probe.model.feedback))]
+    with torch.device("meta"):
+        parts = build_components(load_recipe("svd-lgm-paper", nulls), device=torch.device("meta"), dtype=torch.float32)
+    classes = {type(m).__name__ for component in (parts.generator, parts.reconstructor, *parts.encoders) for m in component.modules()}
+    assert sorted(set(wrapped) - classes) == []
+    never = {type(parts.generator).__name__, type(parts.reconstructor).__name__, type(parts.generator.vae).__name__, "UpBlock"}
+    assert sorted(set(wrapped) & never) == []
 
 
 def test_readme_launch_commands_parse():
