@@ -66,7 +66,16 @@ def app_url(tmp_path_factory) -> Iterator[str]:
     port = _free_port()
     log = (tmp / "app.log").open("w")
     process = subprocess.Popen(
-        [OUROBOROS3D, "app", "--port", str(port)], cwd=tmp, env=_env(tmp), stdout=log, stderr=subprocess.STDOUT, text=True
+        [OUROBOROS3D, "app", "--port", str(port)],
+        cwd=tmp,
+        env=_env(tmp),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        text=True,
+        # a child inherits an ignored SIGINT, and Python then leaves Ctrl-C ignored: when the
+        # test process runs with SIGINT ignored (a background job, as `.ci/run` may be), the
+        # app would never see the Ctrl-C this fixture sends (CI hung here twice)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 180

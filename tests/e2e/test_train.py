@@ -113,7 +113,7 @@ def test_max_steps_flag_is_the_end_of_the_lr_schedule(tmp_path):
     """``--max-steps N`` ends the loop, the learning-rate schedule and the saved recipe at the
     same step: a linear schedule over a recipe's 100 steps stopped at 3 would otherwise never
     decay (resumed runs that extend a stage rely on this)."""
-    overrides = [*SMALL, "trainer.lr_schedule=linear", "trainer.max_steps=100", "trainer.lr=0.001"]
+    overrides = [*SMALL, "trainer.lr_schedule=linear", "trainer.lr_min_ratio=0", "trainer.max_steps=100", "trainer.lr=0.001"]
     args = ["train", "--recipe", "tiny", "-o", str(tmp_path), "--max-steps", "3", "-q"]
     assert main(args + [a for s in overrides for a in ("--set", s)]) == 0
     lrs = [json.loads(line)["lr"] for line in (tmp_path / "log.jsonl").read_text().splitlines()]
