@@ -174,19 +174,12 @@ class GenerationService:
         if output_root is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="ouroboros3d-app-")
             output_root = self._tmp.name
-        else:
-            self._tmp = None
         self.output_root = Path(output_root)
         self.cache = cache or ModelCache()
         self.counter = itertools.count(1)
         # the queue runs one generation at a time; this lock also covers a generation whose
         # page was closed (its worker thread finishes while the queue already starts the next)
         self.lock = threading.Lock()
-
-    def remove_results(self) -> None:
-        """Delete the temporary results folder now (a no-op for a folder the caller chose)."""
-        if self._tmp is not None:
-            self._tmp.cleanup()
 
     def recipe_choices(self) -> list[str]:
         """Shipped recipe names, and the default one when it is a file of the user's."""
@@ -406,31 +399,5 @@ def serve(recipe: str = DEFAULT_RECIPE, host: str = "127.0.0.1", port: int = 786
             while True:
                 time.sleep(3600)
         finally:
-            _exit_if_stuck(SHUTDOWN_GRACE_S, service.remove_results)
             app.close()
     return app
-
-
-#: seconds the server gets to stop after Ctrl-C before the process ends without waiting
-SHUTDOWN_GRACE_S = 15.0
-
-
-def _exit_if_stuck(seconds: float, clean_up: Callable[[], None]) -> None:
-    """End the process ``seconds`` from now unless it has exited by itself.
-
-    After Ctrl-C the server is closed and the interpreter exits, joining the threads gradio
-    and its web server started; a browser tab still connected, or a worker busy with a
-    request, can hold that join for ever (seen once in CI: the app outlived a 60 s wait).
-    A daemon timer does not keep the process alive when it exits normally, and ends it with
-    the Ctrl-C exit status when it does not, after ``clean_up`` (the exit handlers that
-    would remove the temporary results do not run then).
-    """
-
-    def stop() -> None:
-        print(f"the server did not stop within {seconds:g} s; exiting without waiting for it", flush=True)
-        clean_up()
-        os._exit(130)
-
-    timer = threading.Timer(seconds, stop)
-    timer.daemon = True
-    timer.start()
