@@ -176,8 +176,8 @@ def test_upload_generate_view_and_download_the_files_generate_writes(app_url, pa
     assert grid_width == Image.open(expected["views.png"]).width
     page.wait_for_function("() => document.querySelector('#turntable video')?.readyState >= 2", timeout=30_000)
     assert page.evaluate("() => document.querySelector('#turntable video').videoWidth") > 0
-    canvas = page.evaluate("() => { const c = document.querySelector('#viewer canvas'); return c && [c.width, c.height] }")
-    assert canvas and min(canvas) > 0, canvas
+    # the viewer builds its canvas after the model file has loaded: wait for it (CI once looked too early)
+    page.wait_for_function("() => { const c = document.querySelector('#viewer canvas'); return c && c.width > 0 && c.height > 0 }", timeout=60_000)
     assert page.evaluate("() => document.querySelector('#preview img')?.naturalWidth") > 0
     page.wait_for_timeout(1000)  # let the viewer draw before the screenshot
     shot = tmp_path / "app.png"
