@@ -213,11 +213,16 @@ def parameter_groups(
     tops = sorted({n.split(".")[0] for n in names} | set(COMPONENT_NAMES))
     for key, prefixes in (("trainer.trainable", trainable), ("trainer.lr_scale", list(lr_scale))):
         for prefix in prefixes:
-            if not any(_matches(n, prefix) for n in names):
-                raise RecipeError(
-                    f"{key}: {prefix!r} matches no parameter",
-                    hint=suggest(prefix.split(".")[0], tops, "component") + "; deeper paths are module names, e.g. generator.unet",
-                )
+            if any(_matches(n, prefix) for n in names):
+                continue
+            top = prefix.split(".")[0]
+            if top in COMPONENT_NAMES and not any(_matches(n, top) for n in names):
+                hint = f"this recipe's {top} has no parameters (e.g. {top}: []); drop {prefix!r} from {key}"
+                if key == "trainer.lr_scale":
+                    hint += f" (a recipe that extends another: --set '{key}={{}}' clears the inherited entries)"
+            else:
+                hint = suggest(top, tops, "component") + "; deeper paths are module names, e.g. generator.unet"
+            raise RecipeError(f"{key}: {prefix!r} matches no parameter", hint=hint)
     groups: dict[float, list[nn.Parameter]] = {}
     for name, param in named:
         chosen = param.requires_grad and any(_matches(name, p) for p in trainable)

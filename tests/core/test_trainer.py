@@ -84,6 +84,12 @@ def test_parameter_groups_prefixes_scales_and_errors():
         parameter_groups(mods, ["generater"], 1e-3)
     with pytest.raises(RecipeError, match=r"trainer.lr_scale: 'feedback.7'"):
         parameter_groups(mods, ["feedback"], 1e-3, {"feedback.7": 0.1})
+    # a recipe without feedback (feedback: []) but an inherited lr_scale for it: say so, not "did you mean 'feedback'"
+    no_feedback = torch.nn.ModuleDict({"generator": gen, "reconstructor": rec, "feedback": torch.nn.ModuleList()})
+    with pytest.raises(RecipeError) as err:
+        parameter_groups(no_feedback, ["generator"], 1e-3, {"feedback": 5.0})
+    assert "this recipe's feedback has no parameters" in str(err.value) and "trainer.lr_scale={}" in str(err.value)
+    assert "did you mean" not in str(err.value)
 
 
 def test_frozen_components_do_not_change():

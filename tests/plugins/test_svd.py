@@ -505,6 +505,26 @@ def test_pixel_shuffle_autoencoder_is_lossless_and_matches_the_slots():
     assert x0.shape == (2, 8, 12, 16, 16) and torch.isfinite(x0).all()
 
 
+def test_unet_norm_groups_keeps_channel_means_and_the_checkpoint_layout():
+    from ouroboros_core.errors import RecipeError
+
+    default, grouped = _gen("tiny32"), _gen("tiny32", unet_norm_groups=8)
+    norms = [m for m in grouped.unet.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert len(norms) > 10 and {m.num_groups for m in norms} == {8}
+    assert {m.num_groups for m in default.unet.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
+    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in grouped.state_dict().items()}
+    # the output norm of the 32-wide UNet: with diffusers' 32 groups each channel is normalised
+    # alone, so a per-channel offset (a colour) is gone; with 8 groups of 4 it survives
+    x = torch.randn(2, 32, 16, 16, generator=torch.Generator().manual_seed(0))
+    x = x + torch.linspace(-3, 3, 32).view(1, 32, 1, 1)
+    means = lambda norm: norm(x).mean(dim=(0, 2, 3))  # noqa: E731
+    with torch.no_grad():
+        assert means(default.unet.conv_norm_out).abs().max() < 1e-5
+        assert means(grouped.unet.conv_norm_out).abs().mean() > 0.1
+    with pytest.raises(RecipeError, match=r"unet_norm_groups=5 does not divide .*\[32, 64, 96, 128\]"):
+        _gen("tiny32", unet_norm_groups=5)
+
+
 def test_a_deep_copy_injects_its_own_tensors():
     """EMA-style copies must keep working: the copy's hooks read the copy's feedback and cameras."""
     import copy

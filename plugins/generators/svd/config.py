@@ -90,6 +90,12 @@ class SVDGeneratorConfig(GeneratorConfig):
     # ------------------------------------------------------------------ sub-models
     #: keyword arguments of diffusers' UNetSpatioTemporalConditionModel
     unet: dict[str, Any] = Field(default_factory=lambda: dict(SVD_UNET))
+    #: groups of every GroupNorm in the UNet; None keeps the 32 that diffusers' SVD UNet fixes
+    #: (no constructor argument sets it). A narrow UNet needs fewer: at 32 channels, 32 groups
+    #: normalise each channel on its own, which erases every channel's mean and scale (the
+    #: image's colour and brightness) before the output convolution. The affine weights keep
+    #: their shapes, so this changes no checkpoint layout.
+    unet_norm_groups: int | None = Field(None, ge=1)
     #: "kl-temporal": diffusers' AutoencoderKLTemporalDecoder (configured by ``vae``);
     #: "identity": pixel-space diffusion (latents are the images in [-1, 1]);
     #: "pixel-shuffle": pixel space folded into channels (``pixel_unshuffle`` by

@@ -67,6 +67,20 @@ def _construct(cls: type, kwargs: dict[str, Any], key: str) -> Any:
     return cls(**kwargs)
 
 
+def _set_norm_groups(unet: nn.Module, groups: int) -> None:
+    """Give every GroupNorm of ``unet`` ``groups`` groups (see ``unet_norm_groups``)."""
+    norms = [(name, m) for name, m in unet.named_modules() if isinstance(m, nn.GroupNorm)]
+    uneven = sorted({m.num_channels for _, m in norms if m.num_channels % groups})
+    if uneven:
+        raise RecipeError(
+            f"unet_norm_groups={groups} does not divide the UNet's norm widths {uneven}",
+            where="config.unet_norm_groups",
+            hint="use a common divisor of these widths (e.g. of every entry of unet.block_out_channels)",
+        )
+    for _, norm in norms:
+        norm.num_groups = groups
+
+
 class SVDGenerator(MultiViewGenerator):
     """Stable Video Diffusion as an N-view generator (see module docstring)."""
 
@@ -78,6 +92,8 @@ class SVDGenerator(MultiViewGenerator):
 
         self.config = config
         self.unet = _construct(UNetSpatioTemporalConditionModel, config.unet, "unet")
+        if config.unet_norm_groups is not None:
+            _set_norm_groups(self.unet, config.unet_norm_groups)
         self.vae = None
         if config.autoencoder == "kl-temporal":
             self.vae = _construct(AutoencoderKLTemporalDecoder, config.vae, "vae")
