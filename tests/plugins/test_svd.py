@@ -505,24 +505,46 @@ def test_pixel_shuffle_autoencoder_is_lossless_and_matches_the_slots():
     assert x0.shape == (2, 8, 12, 16, 16) and torch.isfinite(x0).all()
 
 
-def test_unet_norm_groups_keeps_channel_means_and_the_checkpoint_layout():
-    from ouroboros_core.errors import RecipeError
+def test_image_tokens_carry_the_condition_through_cross_attention(tmp_path):
+    gen = _gen("tiny32", image_conditioning="tokens")
+    size = 32 // 2
+    assert gen.image_tokens.position.shape == (1, size * size, 32)
+    a, b = _image(1, 32, seed=1), _image(1, 32, seed=2)
+    x, s = torch.randn(1, 8, 12, size, size, generator=torch.Generator().manual_seed(3)), torch.tensor([5.0])
 
-    default, grouped = _gen("tiny32"), _gen("tiny32", unet_norm_groups=8)
-    norms = [m for m in grouped.unet.modules() if isinstance(m, torch.nn.GroupNorm)]
-    assert len(norms) > 10 and {m.num_groups for m in norms} == {8}
-    assert {m.num_groups for m in default.unet.modules() if isinstance(m, torch.nn.GroupNorm)} == {32}
-    assert {k: v.shape for k, v in default.state_dict().items()} == {k: v.shape for k, v in grouped.state_dict().items()}
-    # the output norm of the 32-wide UNet: with diffusers' 32 groups each channel is normalised
-    # alone, so a per-channel offset (a colour) is gone; with 8 groups of 4 it survives
-    x = torch.randn(2, 32, 16, 16, generator=torch.Generator().manual_seed(0))
-    x = x + torch.linspace(-3, 3, 32).view(1, 32, 1, 1)
-    means = lambda norm: norm(x).mean(dim=(0, 2, 3))  # noqa: E731
-    with torch.no_grad():
-        assert means(default.unet.conv_norm_out).abs().max() < 1e-5
-        assert means(grouped.unet.conv_norm_out).abs().mean() > 0.1
-    with pytest.raises(RecipeError, match=r"unet_norm_groups=5 does not divide .*\[32, 64, 96, 128\]"):
-        _gen("tiny32", unet_norm_groups=5)
+    def x0(model, image, keep_concat: bool) -> torch.Tensor:
+        ctx = model.prepare(image, Cameras.official(1), noise_aug_strength=0.0)
+        if not keep_concat:  # only the tokens may carry the image now
+            ctx.data["cond_latent"] = torch.zeros_like(ctx.data["cond_latent"])
+        with torch.no_grad():
+            return model.denoise(x, s, ctx, _zero_feedback(model))
+
+    # the tokens are the pixel-shuffled condition, projected, plus the position embedding
+    ctx = gen.prepare(a, Cameras.official(1), noise_aug_strength=0.0)
+    latent = torch.nn.functional.pixel_unshuffle(a * 2 - 1, 2)
+    expected = latent.flatten(2).transpose(1, 2) @ gen.image_tokens.proj.weight.T + gen.image_tokens.proj.bias + gen.image_tokens.position
+    assert torch.allclose(gen.image_tokens(ctx.data["token_latent"]), expected, atol=1e-6)
+    assert not torch.allclose(x0(gen, a, False), x0(gen, b, False), atol=1e-4)
+    concat = _gen("tiny32")  # control: without tokens, a zeroed concat latent leaves no trace of the image
+    assert torch.equal(x0(concat, a, False), x0(concat, b, False))
+
+    # trained: the projection gets gradients through the training context
+    gen.train()
+    images = torch.rand(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    ctx = gen.training_context(images, Cameras.official(2), generator=torch.Generator().manual_seed(5))
+    gen.denoise(torch.randn(ctx.latent_shape), torch.tensor([0.7, 3.0]), ctx, _zero_feedback(gen, 2)).square().mean().backward()
+    assert gen.image_tokens.proj.weight.grad.abs().sum() > 0 and gen.image_tokens.position.grad.abs().sum() > 0
+    gen.eval()
+
+    # saved and loaded as a diffusers folder (tokens in their own file) and as a flat file
+    gen.save_pretrained(str(tmp_path / "model"))
+    assert (tmp_path / "model" / "image_tokens.safetensors").is_file()
+    other = _gen("tiny32", seed=1, image_conditioning="tokens")
+    other.load_weights(str(tmp_path / "model"))
+    assert torch.equal(x0(gen, a, True), x0(other, a, True))
+    (tmp_path / "model" / "image_tokens.safetensors").unlink()
+    with pytest.raises(WeightsError, match="image_tokens.safetensors is missing"):
+        other.load_weights(str(tmp_path / "model"))
 
 
 def test_a_deep_copy_injects_its_own_tensors():

@@ -90,12 +90,6 @@ class SVDGeneratorConfig(GeneratorConfig):
     # ------------------------------------------------------------------ sub-models
     #: keyword arguments of diffusers' UNetSpatioTemporalConditionModel
     unet: dict[str, Any] = Field(default_factory=lambda: dict(SVD_UNET))
-    #: groups of every GroupNorm in the UNet; None keeps the 32 that diffusers' SVD UNet fixes
-    #: (no constructor argument sets it). A narrow UNet needs fewer: at 32 channels, 32 groups
-    #: normalise each channel on its own, which erases every channel's mean and scale (the
-    #: image's colour and brightness) before the output convolution. The affine weights keep
-    #: their shapes, so this changes no checkpoint layout.
-    unet_norm_groups: int | None = Field(None, ge=1)
     #: "kl-temporal": diffusers' AutoencoderKLTemporalDecoder (configured by ``vae``);
     #: "identity": pixel-space diffusion (latents are the images in [-1, 1]);
     #: "pixel-shuffle": pixel space folded into channels (``pixel_unshuffle`` by
@@ -106,8 +100,11 @@ class SVDGeneratorConfig(GeneratorConfig):
     #: keyword arguments of AutoencoderKLTemporalDecoder (ignored for "identity")
     vae: dict[str, Any] = Field(default_factory=lambda: dict(SVD_VAE))
     #: "clip": CLIP image embedding for cross-attention + concatenated image latent (SVD);
-    #: "concat": only the concatenated image latent (cross-attention sees zeros)
-    image_conditioning: Literal["clip", "concat"] = "clip"
+    #: "concat": only the concatenated image latent (cross-attention sees zeros);
+    #: "tokens": the concatenated latent, and its pixels as cross-attention tokens (a learned
+    #: projection + position embedding; see image_tokens.py): CLIP's global path for models
+    #: without CLIP
+    image_conditioning: Literal["clip", "concat", "tokens"] = "clip"
     #: keyword arguments of transformers' CLIPVisionConfig (ignored for "concat")
     image_encoder: dict[str, Any] = Field(default_factory=lambda: dict(SVD_CLIP))
     clip_mean: tuple[float, float, float] = CLIP_MEAN

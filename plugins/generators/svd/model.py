@@ -10,6 +10,7 @@ State-dict layout (what :meth:`SVDGenerator.state_dict` holds)::
     unet.*            diffusers UNetSpatioTemporalConditionModel names
     vae.*             AutoencoderKLTemporalDecoder (absent for the identity autoencoder)
     image_encoder.*   CLIPVisionModelWithProjection (absent without CLIP)
+    image_tokens.*    ImageTokens (image_conditioning: tokens only)
     down_plucker.{i}.embed.{0,2}.*, mid_plucker.embed.*, up_plucker.{i}.embed.*
 
 ``unet.*`` and the Plücker keys are named as in the official ``mv_model_unet.pth``; its
@@ -46,6 +47,7 @@ from ouroboros_core.precision import no_autocast
 from . import weights as svd_weights
 from .camera import build_plucker_mlps, harmonic_encoding, plucker_field
 from .config import SVDGeneratorConfig, harmonic_dim
+from .image_tokens import ImageTokens
 from .injection import UNetInjector, install_official_time_context
 
 
@@ -67,20 +69,6 @@ def _construct(cls: type, kwargs: dict[str, Any], key: str) -> Any:
     return cls(**kwargs)
 
 
-def _set_norm_groups(unet: nn.Module, groups: int) -> None:
-    """Give every GroupNorm of ``unet`` ``groups`` groups (see ``unet_norm_groups``)."""
-    norms = [(name, m) for name, m in unet.named_modules() if isinstance(m, nn.GroupNorm)]
-    uneven = sorted({m.num_channels for _, m in norms if m.num_channels % groups})
-    if uneven:
-        raise RecipeError(
-            f"unet_norm_groups={groups} does not divide the UNet's norm widths {uneven}",
-            where="config.unet_norm_groups",
-            hint="use a common divisor of these widths (e.g. of every entry of unet.block_out_channels)",
-        )
-    for _, norm in norms:
-        norm.num_groups = groups
-
-
 class SVDGenerator(MultiViewGenerator):
     """Stable Video Diffusion as an N-view generator (see module docstring)."""
 
@@ -92,8 +80,6 @@ class SVDGenerator(MultiViewGenerator):
 
         self.config = config
         self.unet = _construct(UNetSpatioTemporalConditionModel, config.unet, "unet")
-        if config.unet_norm_groups is not None:
-            _set_norm_groups(self.unet, config.unet_norm_groups)
         self.vae = None
         if config.autoencoder == "kl-temporal":
             self.vae = _construct(AutoencoderKLTemporalDecoder, config.vae, "vae")
@@ -102,6 +88,10 @@ class SVDGenerator(MultiViewGenerator):
             from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
             self.image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(**config.image_encoder))
+        self.image_tokens = None
+        if config.image_conditioning == "tokens":
+            size = config.image_size // config.latent_stride
+            self.image_tokens = ImageTokens(config.latent_channels, size, int(config.unet.get("cross_attention_dim", 1024)))
         if config.plucker:
             self.down_plucker, self.mid_plucker, self.up_plucker = build_plucker_mlps(
                 config.plucker_channels,
@@ -239,6 +229,7 @@ class SVDGenerator(MultiViewGenerator):
         cond_latent: torch.Tensor,
         noise_aug: torch.Tensor,
         guidance: torch.Tensor | None,
+        token_latent: torch.Tensor | None = None,
     ) -> GenerationContext:
         B, V = embeds.shape[0], cameras.num_views
         C, h, w = cond_latent.shape[1:]
@@ -256,6 +247,8 @@ class SVDGenerator(MultiViewGenerator):
             "added_time_ids": time_ids,
             "guidance": guidance,
             "camera_features": self._camera_features(cameras, h, w),
+            # turned into tokens at every denoise call, where the projection gets its gradient
+            "token_latent": token_latent if self.image_tokens is not None else None,
         }
         return GenerationContext(batch_size=B, cameras=cameras, latent_shape=(B, V, C, h, w), data=data)
 
@@ -285,7 +278,7 @@ class SVDGenerator(MultiViewGenerator):
         low, high = guidance if guidance is not None else (self.config.guidance_min, self.config.guidance_max)
         ramp = self._guidance(cameras.num_views, float(low), float(high))
         noise_aug = torch.full((B,), strength, device=self._device)
-        return self._context(cameras, embeds, cond_latent, noise_aug, ramp)
+        return self._context(cameras, embeds, cond_latent, noise_aug, ramp, token_latent=cond_latent)
 
     @torch.no_grad()
     def training_context(
@@ -313,8 +306,10 @@ class SVDGenerator(MultiViewGenerator):
         keep_clip = (r >= 2 * p).to(embeds.dtype).view(B, 1, 1)
         keep_latent = ~((r >= p) & (r < 3 * p))
         embeds = embeds * keep_clip
+        # the image tokens stand in for CLIP, so they are dropped with it
+        token_latent = cond_latent * keep_clip.to(cond_latent.dtype).view(B, 1, 1, 1)
         cond_latent = cond_latent * keep_latent.to(cond_latent.dtype).view(B, 1, 1, 1)
-        return self._context(cameras, embeds, cond_latent, sigma_c, None)
+        return self._context(cameras, embeds, cond_latent, sigma_c, None, token_latent=token_latent)
 
     def denoise(
         self,
@@ -346,6 +341,8 @@ class SVDGenerator(MultiViewGenerator):
         cond_lat = data["cond_latent"].to(dtype)[:, None].expand(B, V, *data["cond_latent"].shape[1:])
         sample = torch.cat([x_in, cond_lat], 2)
         embeds, time_ids = data["image_embeds"].to(dtype), data["added_time_ids"]
+        if data.get("token_latent") is not None:
+            embeds = self.image_tokens(data["token_latent"].to(self.image_tokens.proj.weight.dtype)).to(dtype)
         if branches == 2:
             sample = torch.cat([torch.cat([x_in, torch.zeros_like(cond_lat)], 2), sample])
             embeds = torch.cat([torch.zeros_like(embeds), embeds])

@@ -5,7 +5,8 @@ Accepted by :func:`load_generator_weights` (a recipe's ``weights:``):
 - a diffusers folder with ``unet/``, ``vae/``, ``image_encoder/`` (``feature_extractor/`` is
   not needed: CLIP's normalisation constants are in the config), optionally with the
   ``camera.safetensors`` that :func:`save_generator` writes; the Plücker MLPs keep their
-  initial values when it is absent (the plain SVD base);
+  initial values when it is absent (the plain SVD base); an ``image_conditioning: tokens``
+  model also needs its ``image_tokens.safetensors``;
 - a bare hub id ``owner/name`` of such a diffusers repository
   (``stabilityai/stable-video-diffusion-img2vid``), with the config's ``variant``;
 - a checkpoint file (local, or ``owner/name:file`` on the hub): our own flat state dict or
@@ -48,6 +49,7 @@ OFFICIAL_KEY_MAP: dict[str, str | None] = {
 #: module groups that a checkpoint may leave to the base model, all or nothing
 BASE_GROUPS = ("vae.", "image_encoder.")
 CAMERA_FILENAME = "camera.safetensors"
+TOKENS_FILENAME = "image_tokens.safetensors"
 CONFIG_FILENAME = "ouroboros_svd.json"
 
 
@@ -95,6 +97,7 @@ def load_generator_weights(generator: "SVDGenerator", source: str | os.PathLike)
     if path.is_dir() and (path / "unet").is_dir():
         _load_diffusers(generator, str(path), local=True)
         _load_camera_file(generator, path / CAMERA_FILENAME)
+        _load_tokens_file(generator, path / TOKENS_FILENAME)
         return
     if not path.exists() and _is_repo_id(text):
         _load_diffusers(generator, text, local=False)
@@ -175,10 +178,27 @@ def _load_camera_file(generator: "SVDGenerator", path: Path) -> None:
     load_strict(_camera_modules(generator), read_state_dict(path), source=path)
 
 
+def _load_tokens_file(generator: "SVDGenerator", path: Path) -> None:
+    """The image-token projection of an ``image_conditioning: tokens`` model (its own file:
+    diffusers' folders have no place for it)."""
+    if generator.image_tokens is None:
+        if path.is_file():
+            raise WeightsError(
+                f"{path} holds image-token weights but the generator's image_conditioning is "
+                f"{generator.config.image_conditioning!r}",
+                hint="set image_conditioning: tokens or remove the file",
+            )
+        return
+    if not path.is_file():
+        raise WeightsError(f"{path} is missing: the generator's image_conditioning is 'tokens'", hint="save the model with save_generator")
+    load_strict(generator.image_tokens, read_state_dict(path), source=path)
+
+
 # ---------------------------------------------------------------------- saving
 def save_generator(generator: "SVDGenerator", folder: str | os.PathLike) -> Path:
     """Write ``unet/``, ``vae/``, ``image_encoder/`` (diffusers/transformers layout),
-    ``camera.safetensors`` and the config as JSON.
+    ``camera.safetensors``, ``image_tokens.safetensors`` (tokens conditioning only) and the
+    config as JSON.
 
     Written into a temporary sibling folder and renamed at the end, so an interrupted save
     never leaves a folder that looks complete. Refuses to overwrite a non-empty folder.
@@ -198,6 +218,9 @@ def save_generator(generator: "SVDGenerator", folder: str | os.PathLike) -> Path
     if generator.config.plucker:
         tensors = {k: v.detach().contiguous() for k, v in _camera_modules(generator).state_dict().items()}
         save_file(tensors, str(tmp / CAMERA_FILENAME))
+    if generator.image_tokens is not None:
+        tensors = {k: v.detach().contiguous() for k, v in generator.image_tokens.state_dict().items()}
+        save_file(tensors, str(tmp / TOKENS_FILENAME))
     (tmp / CONFIG_FILENAME).write_text(generator.config.model_dump_json(indent=1))
     if folder.exists():
         folder.rmdir()
