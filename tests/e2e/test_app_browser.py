@@ -137,7 +137,7 @@ def _upload_and_set(page, url: str, image: Path | None, steps: int, seed: int) -
 def _download(page, name: str, folder: Path, tries: int = 3) -> Path:
     """Click the download link of ``name`` as a visitor does; returns the saved file.
 
-    Now and then a click starts no download (once in CI and once in 20 local runs, both times
+    Now and then a click starts no download (once in CI and twice in 14 local runs, each time
     a link in the middle of the list, which scrolls: 14 files in 320 px; the cause is not
     pinned down). A visitor clicks again, and so does this helper, up to ``tries`` times."""
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
