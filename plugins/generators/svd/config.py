@@ -105,7 +105,7 @@ class SVDGeneratorConfig(GeneratorConfig):
     #: projection + position embedding; see image_tokens.py): CLIP's global path for models
     #: without CLIP
     image_conditioning: Literal["clip", "concat", "tokens"] = "clip"
-    #: keyword arguments of transformers' CLIPVisionConfig (ignored for "concat")
+    #: keyword arguments of transformers' CLIPVisionConfig (used by "clip" only)
     image_encoder: dict[str, Any] = Field(default_factory=lambda: dict(SVD_CLIP))
     clip_mean: tuple[float, float, float] = CLIP_MEAN
     clip_std: tuple[float, float, float] = CLIP_STD
