@@ -603,15 +603,12 @@ class JointTrainer:
         the main process's CPU, one tensor at a time; the other processes get ``{}``.
         """
         if self.sharded:
-            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-            options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
-            state = get_model_state_dict(self.model, options=options)
+            state = self._gather_full(frozen=False)
         else:
-            state = self.accelerator.get_state_dict(self.model)
-        prefix = "components."
+            prefix = "components."
+            state = {k[len(prefix):]: v for k, v in self.accelerator.get_state_dict(self.model).items() if k.startswith(prefix)}
         keep = self._checkpoint_shapes()
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) and k[len(prefix):] in keep}
+        return {k: v for k, v in state.items() if k in keep}
 
     def _checkpoint_shapes(self) -> dict[str, tuple[int, ...]]:
         """Name and full shape of every tensor ``model.safetensors`` holds (a DTensor reports
@@ -627,13 +624,16 @@ class JointTrainer:
         FSDP it is a collective (every process must call it) and only the main process gets
         the gathered full tensors, on the CPU; the others get ``{}``.
         """
-        if not self.sharded:
-            return self.components.state_dict()
+        return self._gather_full(frozen=True) if self.sharded else self.components.state_dict()
+
+    def _gather_full(self, frozen: bool) -> dict[str, torch.Tensor]:
+        """Under FSDP: the components' full tensors (``frozen`` ones too, or not), gathered onto
+        the main process's CPU and keyed by path inside the components; ``{}`` elsewhere."""
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-        state = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=not frozen)
         prefix = "components."
-        return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v for k, v in get_model_state_dict(self.model, options=options).items() if k.startswith(prefix)}
 
     def _optimizer_param_names(self) -> list[str]:
         """The optimizer's parameters as model paths, in the order a torch optimizer numbers them

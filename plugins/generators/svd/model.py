@@ -341,7 +341,7 @@ class SVDGenerator(MultiViewGenerator):
         cond_lat = data["cond_latent"].to(dtype)[:, None].expand(B, V, *data["cond_latent"].shape[1:])
         sample = torch.cat([x_in, cond_lat], 2)
         embeds, time_ids = data["image_embeds"].to(dtype), data["added_time_ids"]
-        if data.get("token_latent") is not None:
+        if data["token_latent"] is not None:
             embeds = self.image_tokens(data["token_latent"].to(self.image_tokens.proj.weight.dtype)).to(dtype)
         if branches == 2:
             sample = torch.cat([torch.cat([x_in, torch.zeros_like(cond_lat)], 2), sample])
