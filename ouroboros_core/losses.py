@@ -51,7 +51,7 @@ class ReconstructionLoss(nn.Module):
         if cfg.balance_foreground:
             if target_alpha is None:
                 raise ValueError("balance_foreground needs the ground-truth alpha")
-            mean = _balanced_mean(target_alpha.float())
+            mean = balanced_mean(target_alpha.float())
         error = (pred_rgb - target_rgb).abs() if cfg.color == "l1" else (pred_rgb - target_rgb) ** 2
         color = mean(error)
         terms = {"color": color}
@@ -70,7 +70,7 @@ class ReconstructionLoss(nn.Module):
         return terms
 
 
-def _balanced_mean(target_alpha: torch.Tensor, threshold: float = 0.5):
+def balanced_mean(target_alpha: torch.Tensor, threshold: float = 0.5):
     """A mean over ``(B, V, C, H, W)`` errors that weighs, per view, the object pixels
     (``target_alpha > threshold``) and the background pixels half each (a view without object
     pixels is all background)."""

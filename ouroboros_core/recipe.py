@@ -178,6 +178,11 @@ class TrainerConfig(_Section):
     detach_feedback: bool = False
     #: keep the first-pass diffusion loss on self-conditioned steps (the official code drops it)
     keep_first_pass_loss: bool = False
+    #: average the denoising loss as 1/2 (object latent pixels) + 1/2 (background ones) per
+    #: view, by the ground-truth alpha pooled to the latent grid, as loss.balance_foreground
+    #: does for the reconstruction: on small objects over white the colours are otherwise a
+    #: small share of the loss and a model trained from scratch learns them last
+    diffusion_balance_foreground: bool = False
     loss: LossConfig = Field(default_factory=LossConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     checkpoint_every: int = 500

@@ -44,13 +44,14 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .cameras import Cameras
 from .edm import loss_weight, sample_training_sigmas
 from .errors import RecipeError, UserError, WeightsError
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, encode_feedback
-from .losses import ReconstructionLoss
+from .losses import ReconstructionLoss, balanced_mean
 from .maps import feedback_maps, zero_maps
 from .recipe import MapsConfig, TrainerConfig
 from .textutil import suggest
@@ -102,6 +103,17 @@ class JointModel(nn.Module):
         """Sum of every encoder's features, slot by slot (``None`` without encoders)."""
         return encode_feedback(self.encoders, maps)
 
+    def _diffusion_mean(self, alpha: torch.Tensor, latent_hw: tuple[int, int]) -> Callable[[torch.Tensor], torch.Tensor]:
+        """How the denoising errors ``(B, V, C, h, w)`` are averaged: plainly, or with object
+        and background halves (``diffusion_balance_foreground``) by the alpha ``(B, V, 1, H, W)``
+        area-pooled to the latent grid (a latent pixel is "object" when most of its image
+        pixels are)."""
+        if not self.config.diffusion_balance_foreground:
+            return torch.mean
+        B, V = alpha.shape[:2]
+        pooled = F.adaptive_avg_pool2d(alpha.float().flatten(0, 1), tuple(latent_hw))
+        return balanced_mean(pooled.reshape(B, V, 1, *pooled.shape[-2:]))
+
     def _recon_loss(self, representation, images, alpha, cameras) -> dict[str, torch.Tensor]:
         H, W = images.shape[-2:]
         out = representation.render(cameras, H, W, background=self.maps_config.rgb_background)
@@ -138,6 +150,7 @@ class JointModel(nn.Module):
         x = x0 + sig * noise
         ctx = gen.training_context(images, cameras, rng)
         weight = loss_weight(sig.float(), gen.sigma_data)
+        mean = self._diffusion_mean(alpha, x0.shape[-2:])
 
         # pass 1: no feedback (zero maps through the encoders, as the official trainer)
         feats = None
@@ -145,7 +158,7 @@ class JointModel(nn.Module):
             size = gen.image_size
             feats = self.features(zero_maps(self.map_kinds, (B, V, 3, size, size), images.device, images.dtype))
         x0_hat = gen.denoise(x, sigma, ctx, feats)
-        diffusion_1 = (weight * (x0_hat.float() - x0.float()) ** 2).mean()
+        diffusion_1 = mean(weight * (x0_hat.float() - x0.float()) ** 2)
         if self.config.objective == "generator":
             zero = torch.zeros((), device=images.device)
             return {"total": diffusion_1, "diffusion": diffusion_1, "diffusion_pass1": diffusion_1.detach(), "feedback": zero}
@@ -174,7 +187,7 @@ class JointModel(nn.Module):
             if self.config.detach_feedback:
                 maps = {k: v.detach() for k, v in maps.items()}
             x0_hat_2 = gen.denoise(x, sigma, ctx, self.features(maps))
-            diffusion_2 = (weight * (x0_hat_2.float() - x0.float()) ** 2).mean()
+            diffusion_2 = mean(weight * (x0_hat_2.float() - x0.float()) ** 2)
             diffusion = (diffusion_1 + diffusion_2) / 2 if self.config.keep_first_pass_loss else diffusion_2
         used = float(use_feedback and bool(self.encoders))
         return {

@@ -215,6 +215,48 @@ def test_diffusion_loss_equals_weighted_x0_error():
     assert losses["feedback"].item() == 0.0
 
 
+def test_balanced_diffusion_loss_weighs_object_and_background_halves_per_view():
+    """diffusion_balance_foreground: per view, 1/2 mean over object pixels + 1/2 over the rest
+    of lambda(sigma) (x0_hat - x0)^2, computed here pixel by pixel from the toy's closed form."""
+    gen, rec, _ = components()
+    model = JointModel(gen, rec, [], config(diffusion_balance_foreground=True), MapsConfig())
+    batch = toy_batch()
+    sigma = torch.tensor([0.5, 2.0])
+    losses = model(batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0))
+    x0 = batch["images"]
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    s = sigma.reshape(2, 1, 1, 1, 1)
+    x = x0 + s * eps
+    x0_hat = 0.5 + 0.25**2 / (0.25**2 + s**2) * (x - 0.5)
+    error = ((s**2 + 0.25**2) / (s * 0.25) ** 2 * (x0_hat - x0) ** 2).mean(2)  # (B, V, H, W)
+    per_view = []
+    for b in range(2):
+        for v in range(x0.shape[1]):
+            obj = batch["alpha"][b, v, 0] > 0.5
+            assert 0 < int(obj.sum()) < obj.numel()  # both halves present in this batch
+            per_view.append(0.5 * error[b, v][obj].mean() + 0.5 * error[b, v][~obj].mean())
+    expected = torch.stack(per_view).mean()
+    assert losses["diffusion"].item() == pytest.approx(expected.item(), rel=1e-5)
+    plain = JointModel(gen, rec, [], config(), MapsConfig())(
+        batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0)
+    )
+    assert plain["diffusion"].item() != pytest.approx(expected.item(), rel=1e-3)
+
+
+def test_balanced_diffusion_loss_pools_alpha_to_the_latent_grid():
+    """On a latent grid half the image's side a latent pixel is object when most of its 2x2
+    image pixels are: 3 of 4 counts, 2 of 4 does not."""
+    gen, rec, _ = components()
+    model = JointModel(gen, rec, [], config(diffusion_balance_foreground=True), MapsConfig())
+    alpha = torch.zeros(1, 1, 1, 4, 4)
+    alpha[..., 0, 0] = alpha[..., 0, 1] = alpha[..., 1, 0] = 1.0  # top-left block: 3 of 4
+    alpha[..., 2, 2] = alpha[..., 2, 3] = 1.0  # bottom-right block: 2 of 4
+    mean = model._diffusion_mean(alpha, (2, 2))
+    error = torch.tensor([[4.0, 1.0], [1.0, 1.0]]).reshape(1, 1, 1, 2, 2)
+    # object: the top-left latent pixel alone (4); background: the other three (1)
+    assert mean(error).item() == pytest.approx(0.5 * 4.0 + 0.5 * 1.0)
+
+
 # ---------------------------------------------------------------------- the trainer
 def test_feedback_probability_is_seeded_and_matches_config():
     n = 40
