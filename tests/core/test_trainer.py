@@ -198,6 +198,16 @@ def test_keep_first_pass_loss_averages_both_passes():
     assert torch.allclose(out[True]["diffusion"], (pass1 + pass2) / 2)
 
 
+def toy_weighted_error(x0: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """``lambda(sigma) (x0_hat - x0)^2`` per element for the toy generator, computed directly:
+    its x0 estimate is ``0.5 + c (x - 0.5)`` with ``c = 0.25^2 / (0.25^2 + sigma^2)``, and the
+    trainer draws eps from the generator it is handed (seed 0 here)."""
+    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    s = sigma.reshape(-1, 1, 1, 1, 1)
+    x0_hat = 0.5 + 0.25**2 / (0.25**2 + s**2) * (x0 + s * eps - 0.5)
+    return (s**2 + 0.25**2) / (s * 0.25) ** 2 * (x0_hat - x0) ** 2
+
+
 def test_diffusion_loss_equals_weighted_x0_error():
     """With no encoders, one pass: mean(lambda(sigma) (x0_hat - x0)^2) against a direct computation."""
     gen, rec, _ = components()
@@ -205,33 +215,22 @@ def test_diffusion_loss_equals_weighted_x0_error():
     batch = toy_batch()
     sigma = torch.tensor([0.5, 2.0])
     losses = model(batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0))
-    x0 = batch["images"]
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    s = sigma.reshape(2, 1, 1, 1, 1)
-    x = x0 + s * eps
-    x0_hat = 0.5 + 0.25**2 / (0.25**2 + s**2) * (x - 0.5)
-    lam = (s**2 + 0.25**2) / (s * 0.25) ** 2
-    assert losses["diffusion"].item() == pytest.approx((lam * (x0_hat - x0) ** 2).mean().item(), rel=1e-5)
+    assert losses["diffusion"].item() == pytest.approx(toy_weighted_error(batch["images"], sigma).mean().item(), rel=1e-5)
     assert losses["feedback"].item() == 0.0
 
 
 def test_balanced_diffusion_loss_weighs_object_and_background_halves_per_view():
     """diffusion_balance_foreground: per view, 1/2 mean over object pixels + 1/2 over the rest
-    of lambda(sigma) (x0_hat - x0)^2, computed here pixel by pixel from the toy's closed form."""
+    of lambda(sigma) (x0_hat - x0)^2, averaged here pixel by pixel."""
     gen, rec, _ = components()
     model = JointModel(gen, rec, [], config(diffusion_balance_foreground=True), MapsConfig())
     batch = toy_batch()
     sigma = torch.tensor([0.5, 2.0])
     losses = model(batch["images"], batch["alpha"], batch["cameras"], sigma, True, torch.Generator().manual_seed(0))
-    x0 = batch["images"]
-    eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
-    s = sigma.reshape(2, 1, 1, 1, 1)
-    x = x0 + s * eps
-    x0_hat = 0.5 + 0.25**2 / (0.25**2 + s**2) * (x - 0.5)
-    error = ((s**2 + 0.25**2) / (s * 0.25) ** 2 * (x0_hat - x0) ** 2).mean(2)  # (B, V, H, W)
+    error = toy_weighted_error(batch["images"], sigma).mean(2)  # (B, V, H, W)
     per_view = []
     for b in range(2):
-        for v in range(x0.shape[1]):
+        for v in range(error.shape[1]):
             obj = batch["alpha"][b, v, 0] > 0.5
             assert 0 < int(obj.sum()) < obj.numel()  # both halves present in this batch
             per_view.append(0.5 * error[b, v][obj].mean() + 0.5 * error[b, v][~obj].mean())
