@@ -39,6 +39,7 @@ import torch
 from .cameras import Cameras
 from .errors import UserError
 from .interfaces import RenderOutput, Representation
+from .precision import no_autocast
 from .render_torch import quat_scale_to_covariance, rasterize_gaussians
 
 Backend = Literal["auto", "torch", "gsplat"]
@@ -183,7 +184,6 @@ class GaussianCloud(Representation):
         else:
             raise ValueError(f"unknown backend {backend!r}; use 'auto', 'torch' or 'gsplat'")
 
-        covars = self.covariances() if self.raw_quaternions else None
         extra = {}
         if backend == "torch":
             extra["alpha_max"] = self.alpha_max
@@ -193,21 +193,23 @@ class GaussianCloud(Representation):
                 "pixels where a splat's alpha exceeds the smaller value differ (use backend='torch' for the exact clamp)",
                 stacklevel=2,
             )
-        rgb, alpha, acc_depth = rasterize(
-            self.means,
-            self.quats,
-            self.scales,
-            self.opacities,
-            self.colors,
-            cameras.w2c,
-            cameras.pixel_intrinsics(height, width),
-            width,
-            height,
-            near_plane=self.near_plane if near_plane is None else near_plane,
-            backgrounds=background_per_view(background, B, V, 3, self.means),
-            covars=covars,
-            **extra,
-        )
+        with no_autocast(self.device):  # conics and compositing in float32, also under a caller's autocast
+            covars = self.covariances() if self.raw_quaternions else None
+            rgb, alpha, acc_depth = rasterize(
+                self.means,
+                self.quats,
+                self.scales,
+                self.opacities,
+                self.colors,
+                cameras.w2c,
+                cameras.pixel_intrinsics(height, width),
+                width,
+                height,
+                near_plane=self.near_plane if near_plane is None else near_plane,
+                backgrounds=background_per_view(background, B, V, 3, self.means),
+                covars=covars,
+                **extra,
+            )
         to_bvchw = lambda t: t.permute(0, 1, 4, 2, 3)  # noqa: E731
         rgb, alpha, acc_depth = to_bvchw(rgb), to_bvchw(alpha), to_bvchw(acc_depth)
         return RenderOutput(rgb=rgb, alpha=alpha, depth=expected_depth(acc_depth, alpha), accumulated_depth=acc_depth)

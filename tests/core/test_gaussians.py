@@ -139,6 +139,25 @@ def test_render_is_differentiable() -> None:
         assert grad is not None and torch.isfinite(grad).all() and grad.abs().sum() > 0, name
 
 
+@pytest.mark.parametrize("raw", [False, True])
+def test_render_under_a_callers_bf16_autocast_stays_float32(raw: bool) -> None:
+    # a trainer with mixed_precision=bf16 renders its reconstructions inside torch.autocast:
+    # the rasterizer's matmuls must not drop to bf16 (conics are too coarse there, and
+    # index_add refused the mixed dtypes before rendering opted out of autocast)
+    base = random_cloud(1)
+    cloud = GaussianCloud(base.means, base.quats, base.scales, base.opacities, base.colors, raw_quaternions=raw)
+    cams = Cameras.official().select_views([0, 3])
+    reference = cloud.render(cams, 16, 16)
+    cloud.colors.requires_grad_(True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = cloud.render(cams, 16, 16)
+    assert out.rgb.dtype == torch.float32
+    torch.testing.assert_close(out.rgb, reference.rgb, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.alpha, reference.alpha, atol=1e-6, rtol=0)
+    out.rgb.sum().backward()
+    assert torch.isfinite(cloud.colors.grad).all() and cloud.colors.grad.abs().sum() > 0
+
+
 # ----------------------------------------------------------------------------- gsplat adapter
 def test_gsplat_arguments_use_covars_instead_of_quaternions() -> None:
     cloud = random_cloud(1)
