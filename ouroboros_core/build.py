@@ -6,6 +6,7 @@ exactly the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,23 @@ def resolve_device(device: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device!r} was asked for, but CUDA is not available", hint="use --device cpu or auto")
     return dev
+
+
+def attention_context(backend: str) -> contextlib.AbstractContextManager:
+    """The scaled-dot-product attention kernels a recipe's ``attention_backend`` allows, for
+    sampling and training alike ("sdpa": PyTorch chooses). On the CPU "math" can be the faster
+    one for small models: ``benchmarks/train_step.py`` measures it."""
+    if backend == "sdpa":
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    kernels = {
+        "math": SDPBackend.MATH,
+        "flash": SDPBackend.FLASH_ATTENTION,
+        "efficient": SDPBackend.EFFICIENT_ATTENTION,
+        "cudnn": SDPBackend.CUDNN_ATTENTION,
+    }
+    return sdpa_kernel(kernels[backend])
 
 
 #: local weights files up to this size are hashed into manifests (bigger ones would cost seconds)

@@ -12,7 +12,6 @@ The CLI's ``generate`` command is a thin layer over this class.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import platform
 import resource
@@ -25,7 +24,7 @@ import torch
 
 from . import __version__
 from .cameras import Cameras
-from .build import DTYPES, ComponentInfo, build_components, resolve_device
+from .build import DTYPES, ComponentInfo, attention_context, build_components, resolve_device
 from .interfaces import FeedbackEncoder, MultiViewGenerator, Reconstructor, Representation
 from .recipe import Recipe, load_recipe
 from .sampler import Callback, ProgressBar, RecursiveSampler, StepInfo
@@ -146,15 +145,6 @@ class ImageTo3DPipeline:
         c = self.recipe.model.cameras
         return Cameras.orbit(c.azimuths_for(self.generator.num_views), c.elevations, c.radius, c.fov_deg, batch_size, dtype=torch.float32, device=self.device)
 
-    def _attention_context(self):
-        backend = self.recipe.model.attention_backend
-        if backend == "sdpa":
-            return contextlib.nullcontext()
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        names = {"math": SDPBackend.MATH, "flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
-        return sdpa_kernel(names[backend])
-
     def preprocess(self, image: Any, background: str = "auto"):
         """Load, segment, recentre and resize an input for this pipeline's generator."""
         return preprocess_for_recipe(self.recipe, image, background)
@@ -191,7 +181,7 @@ class ImageTo3DPipeline:
             steps.append(ProgressBar(model.sampler.steps, desc=Path(pre.source).name))
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)
-        with self._attention_context():
+        with attention_context(model.attention_backend):
             out = self.sampler(pre.image[None].to(self.device, self.dtype), cams, generator=rng, callbacks=steps)
         timings.update({f"sampler.{k}": v for k, v in out.timings.items()})
         timings["total"] = time.perf_counter() - start

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, NoReturn, Sequence, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .components import (
     MAP_REQUIREMENTS,
@@ -153,6 +153,13 @@ class TrainerConfig(_Section):
     max_steps: int = 1000
     grad_clip: float | None = 1.0
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        """YAML reads a bare ``no`` (in a recipe or ``--set``) as false: take it as "no"."""
+        return "no" if value is False else value
+
     ema_decay: float | None = None
     #: with EMA, the run's weights/ and trained.yaml hold the averaged weights; this also
     #: exports the raw (last-step) weights to weights-raw/ and trained-raw.yaml
@@ -266,7 +273,8 @@ class RecipeModel(_Section):
     autocast: bool = False
     #: torch.compile the components (slow first call; see the README's speed section)
     compile: bool = False
-    #: scaled-dot-product attention backend: "sdpa" lets PyTorch choose
+    #: scaled-dot-product attention kernels, for sampling and training: "sdpa" lets PyTorch
+    #: choose; on the CPU "math" can be faster for small models (benchmarks/train_step.py)
     attention_backend: Literal["sdpa", "math", "flash", "efficient", "cudnn"] = "sdpa"
 
     @property

