@@ -372,7 +372,14 @@ TrainCallback = Callable[[TrainStepInfo], Any]
 
 def _make_accelerator(config: TrainerConfig, device: str | None):
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, PartialState
 
+    # accelerate keeps one precision per process and refuses an Accelerator with another one;
+    # a single process may train several recipes in turn (a notebook, a test session), so the
+    # earlier run's state is dropped there. Launched processes keep accelerate's own check.
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != config.mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
     return Accelerator(cpu=device == "cpu", mixed_precision=config.mixed_precision)
 
 

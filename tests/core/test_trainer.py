@@ -383,6 +383,18 @@ def test_bf16_mixed_precision_on_cpu():
     assert all(torch.isfinite(torch.tensor(v)) for v in logs.values())
 
 
+def test_one_process_trains_recipes_of_different_precision_in_turn():
+    # accelerate keeps one mixed precision per process; the trainer of a later recipe (as in a
+    # notebook or a test session) still gets its own
+    trainer(mixed_precision="no").train_step([toy_batch()])
+    t = trainer(mixed_precision="bf16", self_condition_prob=1.0)
+    dtypes = []
+    t.components["feedback"][0].register_forward_hook(lambda m, i, o: dtypes.append(o[0].dtype))
+    t.train_step([toy_batch()])
+    assert t.accelerator.mixed_precision == "bf16" and dtypes and all(d == torch.bfloat16 for d in dtypes)
+    assert trainer(mixed_precision="no").accelerator.mixed_precision == "no"
+
+
 def test_gradients_reach_gaussian_cloud_parameters():
     from toys import GaussianToyReconstructor
 

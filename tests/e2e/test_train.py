@@ -62,19 +62,13 @@ def test_training_honours_attention_backend_and_bf16_on_the_cpu(tmp_path):
     """The speed settings of the tiny recipes: the recipe's attention_backend holds while the
     trainer steps (and is lifted after), and bf16 autocast trains the real model, Gaussian
     rendering included, to finite losses."""
-    from accelerate.state import AcceleratorState
-
     seen = []
 
     def probe(info):
         seen.append((torch.backends.cuda.flash_sdp_enabled(), torch.backends.cuda.math_sdp_enabled(), info.losses["total"]))
 
-    AcceleratorState._reset_state(reset_partial_state=True)  # accelerate keeps one precision per process
-    try:
-        recipe = load_recipe("tiny", SMALL + ["attention_backend=math", "trainer.mixed_precision=bf16"])
-        train(recipe, tmp_path, max_steps=1, progress=False, callbacks=[probe])
-    finally:
-        AcceleratorState._reset_state(reset_partial_state=True)
+    recipe = load_recipe("tiny", SMALL + ["attention_backend=math", "trainer.mixed_precision=bf16"])
+    train(recipe, tmp_path, max_steps=1, progress=False, callbacks=[probe])
     assert [s[:2] for s in seen] == [(False, True)]
     assert math.isfinite(seen[0][2])
     assert torch.backends.cuda.flash_sdp_enabled()
