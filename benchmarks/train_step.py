@@ -41,24 +41,20 @@ def worker(conn, recipe_name: str, overrides: list[str], n_batches: int) -> None
     batches ``first...`` and send the seconds back; ``None`` ends it."""
     import torch
 
-    from ouroboros_core.build import attention_context, build_components, resolve_device
-    from ouroboros_core.data import make_dataloader
+    from ouroboros_core.build import attention_context
     from ouroboros_core.recipe import load_recipe
-    from ouroboros_core.runs import _dataset
-    from ouroboros_core.trainer import JointTrainer
+    from ouroboros_core.runs import build_trainer
 
     recipe = load_recipe(recipe_name, overrides)
-    model, cfg = recipe.model, recipe.model.trainer
-    loader = iter(make_dataloader(_dataset(recipe), cfg.batch_size, seed=model.seed, num_workers=0))
-    batches = [[next(loader) for _ in range(cfg.grad_accum)] for _ in range(n_batches)]
-    parts = build_components(recipe, device=torch.device("cpu"), dtype=torch.float32)
-    device = resolve_device(model.device)
-    trainer = JointTrainer(parts.generator, parts.reconstructor, parts.encoders, cfg, model.maps, seed=model.seed, device=device.type)
+    trainer, loader = build_trainer(recipe, num_workers=0)
+    batches_in = iter(loader)
+    batches = [[next(batches_in) for _ in range(recipe.model.trainer.grad_accum)] for _ in range(n_batches)]
+    device = trainer.device
     conn.send(torch.get_num_threads())
     while (request := conn.recv()) is not None:
         first, count = request
         times = []
-        with attention_context(model.attention_backend):
+        with attention_context(recipe.model.attention_backend):
             for micro in batches[first : first + count]:
                 start = time.perf_counter()
                 trainer.train_step(micro)

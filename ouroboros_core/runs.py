@@ -21,7 +21,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 import yaml
@@ -30,6 +30,9 @@ from .build import attention_context, build_components, resolve_device
 from .data import build_dataset, make_dataloader
 from .errors import RecipeError, UserError
 from .recipe import Recipe
+
+if TYPE_CHECKING:
+    from .trainer import JointTrainer
 
 log = logging.getLogger(__name__)
 
@@ -183,6 +186,24 @@ class TrainingBoard:
         self.writer.close()
 
 
+def build_trainer(recipe: Recipe, num_workers: int | None = None) -> tuple["JointTrainer", Any]:
+    """The trainer and the data loader of ``recipe``, as ``train`` uses them. The components
+    are built on the CPU in fp32 (master weights); the accelerator places them on this
+    process's device (cuda:<local rank> under ``accelerate launch``). ``num_workers``
+    overrides ``trainer.data.num_workers``."""
+    from .trainer import JointTrainer
+
+    model, cfg = recipe.model, recipe.model.trainer
+    parts = build_components(recipe, device=torch.device("cpu"), dtype=torch.float32)
+    workers = cfg.data.num_workers if num_workers is None else num_workers
+    loader = make_dataloader(_dataset(recipe), cfg.batch_size, seed=model.seed, num_workers=workers)
+    trainer = JointTrainer(
+        parts.generator, parts.reconstructor, parts.encoders, cfg, model.maps, seed=model.seed,
+        device=resolve_device(model.device).type,
+    )
+    return trainer, loader
+
+
 def train(
     recipe: Recipe,
     output_dir: str | Path | None = None,
@@ -198,8 +219,6 @@ def train(
     process). Under ``accelerate launch`` every process trains; only the main one writes the
     run folder (recipe, log, TensorBoard, checkpoints, exported weights). Returns the run folder.
     """
-    from .trainer import JointTrainer
-
     _check_data(recipe)
     if max_steps is not None:  # one end for the loop, the lr schedule and the saved recipe
         trainer_cfg = recipe.model.trainer.model_copy(update={"max_steps": max_steps})
@@ -207,15 +226,7 @@ def train(
     model = recipe.model
     cfg = model.trainer
     run_dir = Path(output_dir or cfg.output_dir)
-    device = resolve_device(model.device)
-    # built on the CPU in fp32 (master weights); the accelerator places them on this
-    # process's device (cuda:<local rank> under `accelerate launch`)
-    parts = build_components(recipe, device=torch.device("cpu"), dtype=torch.float32)
-    dataset = _dataset(recipe)
-    loader = make_dataloader(dataset, cfg.batch_size, seed=model.seed, num_workers=cfg.data.num_workers)
-    trainer = JointTrainer(
-        parts.generator, parts.reconstructor, parts.encoders, cfg, model.maps, seed=model.seed, device=device.type
-    )
+    trainer, loader = build_trainer(recipe)
     if trainer.sharded and cfg.validate_every:
         raise RecipeError(
             "trainer.validate_every does not work under FSDP: the validation image is generated on the main "
@@ -287,18 +298,13 @@ def dry_run(recipe: Recipe) -> dict[str, Any]:
     ``trainer.trainable`` prefix, peak memory and the seconds the step took."""
     import resource
 
-    from .trainer import JointTrainer, _matches
+    from .trainer import _matches
 
     _check_data(recipe)
     model = recipe.model
     cfg = model.trainer
-    device = resolve_device(model.device)
     start = time.perf_counter()
-    parts = build_components(recipe, device=torch.device("cpu"), dtype=torch.float32)
-    loader = make_dataloader(_dataset(recipe), cfg.batch_size, seed=model.seed, num_workers=cfg.data.num_workers)
-    trainer = JointTrainer(
-        parts.generator, parts.reconstructor, parts.encoders, cfg, model.maps, seed=model.seed, device=device.type
-    )
+    trainer, loader = build_trainer(recipe)
     build_s = time.perf_counter() - start
     named = list(trainer.components.named_parameters())
     components = {}
